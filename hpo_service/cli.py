@@ -1,0 +1,133 @@
+"""`hpo`: the command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from trainer.config import TrainConfig
+from trainer.hparams import Multipliers
+
+# Sections a search spec adds on top of a training configuration; `hpo train` reads past them.
+SEARCH_SECTIONS = ("name", "search_space", "optimizer", "execution", "export_targets")
+
+
+class CLIError(Exception):
+    """An error reported to the user as one line, with exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hpo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train one model from a YAML config (or search spec)")
+    train.add_argument("config", type=Path, help="YAML with model, training, parameterisation and base_hps")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.width=128 (repeatable)",
+    )
+    train.add_argument("--multipliers", type=Path, help="YAML/JSON of per-module log2 multipliers")
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    try:
+        return _train(args)
+    except CLIError as exc:
+        print(f"hpo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from trainer.train import run_trial
+
+    config = load_train_config(args.config, args.overrides)
+    multipliers = _load_multipliers(args.multipliers)
+    with tqdm(total=config.training.steps, unit="step", file=sys.stderr, disable=None) as bar:
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k.endswith("loss")})
+
+        result = run_trial(config, multipliers, report)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        loss = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.4f}"
+        print(
+            f"{result.status}: val loss {loss} after {result.steps} steps, {result.tokens} tokens, "
+            f"{result.tokens_per_s:,.0f} tokens/s on {result.device}"
+        )
+        if result.reason:
+            print(f"reason: {result.reason}")
+    return 1 if result.status == "failed" else 0
+
+
+def load_train_config(path: Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A config file, its base shape pinned to the shape it states, then ``overrides`` applied on top.
+
+    Pinning first means ``--set model.width=256`` trains a wider model with the file's HPs *transferred*.
+    """
+    data = {k: v for k, v in _read_mapping(path).items() if k not in SEARCH_SECTIONS}
+    config = _validate(data, str(path)).with_base_shape_pinned()
+    data = config.model_dump()
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--set expects KEY=VALUE, got {override!r}")
+        _set_dotted(data, key, yaml.safe_load(raw))
+    return _validate(data, "--set")
+
+
+def _read_mapping(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CLIError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise CLIError(f"{path} must hold a mapping of sections")
+    return data
+
+
+def _validate(data: dict, source: str) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CLIError(f"{source}: {problems}") from None
+
+
+def _set_dotted(data: dict, key: str, value: object) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {} if node.get(part) is None else node[part]
+            if not isinstance(node[part], dict):
+                raise CLIError(f"--set {key}: {part!r} is not a section")
+        node = node[part]
+    node[leaf] = value
+
+
+def _load_multipliers(path: Path | None) -> Multipliers:
+    if path is None:
+        return Multipliers()
+    try:
+        return Multipliers.from_dict(_read_mapping(path))
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"{path}: {exc}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

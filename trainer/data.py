@@ -1,0 +1,145 @@
+"""Training corpora and deterministic batches.
+
+Sources, named by a string so that a search spec can carry them:
+
+- ``builtin:python-stdlib``: the bytes of the running Python's standard-library ``.py`` files (vocab 256),
+  in sorted path order; every 20th file is validation. Present on every machine, no download.
+- ``text:PATH``: the bytes of a text file, or of every file under a directory in sorted order (vocab 256).
+- ``tokens:PATH[:uint16|uint32]``: a flat binary file of token ids, memory-mapped (default uint16).
+
+User corpora hold out their last ``val_fraction`` of tokens for validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BUILTIN_STDLIB = "builtin:python-stdlib"
+TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+_STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
+_STDLIB_VAL_EVERY = 20
+EVAL_SEED = 2**31 - 1
+
+
+class DataError(ValueError):
+    """A corpus that cannot be loaded, with a message fit for the user."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    fingerprint: str  # identifies the exact bytes, so results can say what they were trained on
+
+
+def load_corpus(source: str, *, vocab_size: int = 256, val_fraction: float = 0.05) -> Corpus:
+    """Load a corpus by name; token ids are checked against ``vocab_size``."""
+    kind, _, rest = source.partition(":")
+    if source == BUILTIN_STDLIB:
+        corpus = _python_stdlib()
+    elif kind == "text" and rest:
+        corpus = _split_tail(_read_text(Path(rest)), 256, val_fraction)
+    elif kind == "tokens" and rest:
+        path, dtype = _parse_token_source(rest)
+        corpus = _split_tail(_map_tokens(path, dtype), None, val_fraction)
+    else:
+        raise DataError(
+            f"unknown data source {source!r}: use {BUILTIN_STDLIB}, text:PATH or tokens:PATH[:uint16|uint32]"
+        )
+    if corpus.vocab_size > vocab_size:
+        raise DataError(
+            f"data {source!r} holds token ids up to {corpus.vocab_size - 1}, beyond vocab_size {vocab_size}"
+        )
+    return corpus
+
+
+@lru_cache(maxsize=1)
+def _python_stdlib() -> Corpus:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in _STDLIB_SKIP_DIRS)
+        files.extend(Path(directory, n) for n in names if n.endswith(".py"))
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    train, val = bytearray(), bytearray()
+    for i, path in enumerate(files):
+        (val if i % _STDLIB_VAL_EVERY == 0 else train).extend(path.read_bytes())
+    return Corpus(
+        train=np.frombuffer(bytes(train), dtype=np.uint8),
+        val=np.frombuffer(bytes(val), dtype=np.uint8),
+        vocab_size=256,
+        fingerprint=_fingerprint(bytes(train) + bytes(val)),
+    )
+
+
+def _read_text(path: Path) -> np.ndarray:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        data = b"".join(p.read_bytes() for p in files)
+    elif path.is_file():
+        data = path.read_bytes()
+    else:
+        raise DataError(f"text corpus {str(path)!r} does not exist")
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _parse_token_source(rest: str) -> tuple[Path, np.dtype]:
+    path, _, dtype = rest.rpartition(":")
+    if dtype in TOKEN_DTYPES and path:
+        return Path(path), np.dtype(TOKEN_DTYPES[dtype])
+    return Path(rest), np.dtype(np.uint16)
+
+
+def _map_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"token file {str(path)!r} does not exist")
+    if path.stat().st_size % dtype.itemsize:
+        raise DataError(f"token file {str(path)!r} is not a whole number of {dtype.name} values")
+    if path.stat().st_size == 0:
+        raise DataError(f"token file {str(path)!r} is empty")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _split_tail(tokens: np.ndarray, vocab_size: int | None, val_fraction: float) -> Corpus:
+    n_val = int(len(tokens) * val_fraction)
+    if len(tokens) < 2 or n_val < 2 or len(tokens) - n_val < 2:
+        raise DataError(f"corpus of {len(tokens)} tokens is too small to split with val_fraction {val_fraction}")
+    head = np.asarray(tokens[: 1 << 20])
+    fingerprint = _fingerprint(head.tobytes() + str(len(tokens)).encode())
+    return Corpus(
+        train=tokens[:-n_val],
+        val=tokens[-n_val:],
+        vocab_size=vocab_size if vocab_size is not None else int(tokens.max()) + 1,
+        fingerprint=fingerprint,
+    )
+
+
+def _fingerprint(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def sample_batch(
+    tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets at random offsets; the same (seed, step) always gives the same batch."""
+    if len(tokens) <= seq_len + 1:
+        raise DataError(f"corpus split of {len(tokens)} tokens is shorter than seq_len {seq_len} + 1")
+    rng = np.random.default_rng((seed, step))
+    starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size)
+    window = np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts])
+    window = torch.from_numpy(window)
+    return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+
+
+def eval_batches(corpus: Corpus, batch_size: int, seq_len: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed set of validation batches, the same whatever the training seed, so losses compare across trials."""
+    return [sample_batch(corpus.val, batch_size, seq_len, seed=EVAL_SEED, step=i) for i in range(count)]

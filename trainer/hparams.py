@@ -1,0 +1,226 @@
+"""Per-module hyperparameters: log2 multipliers around global base values, materialised for a shape.
+
+The value of hyperparameter h for a parameter of module type m in layer ℓ, at a target shape, is
+
+    base[h] · 2^(module[m][h]) · 2^(depth[h](ℓ/L)) · rule[group(m)][h](base shape → target shape)
+
+where ``rule`` is the parameterisation's scaling (``trainer.parameterisation``) and the depth factor is the
+paper's type × depth factorisation, linearly interpolated in ℓ/L when the depth changes. β1 and β2 are
+multiplied through 1 − β. The residual-branch multiplier r of each block kind is a log2 multiplier too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from torch import nn
+
+from trainer.model import MODULE_TYPES, GPT
+from trainer.parameterisation import Parameterisation, Shape
+
+HP_NAMES = ("lr", "init_std", "weight_decay", "beta1", "beta2", "eps")
+RESIDUAL_BRANCHES = ("attn", "mlp")
+BLOCK_MODULE_TYPES = MODULE_TYPES[1:-2]  # everything inside a residual block
+MAX_BETA = 1.0 - 1e-6
+
+SCALING_GROUP = {
+    "embedding": "embedding",
+    **{m: "hidden_weight" for m in ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_up", "mlp_down")},
+    "norm_attn": "hidden_vector",
+    "norm_mlp": "hidden_vector",
+    "q_norm": "qk_norm",
+    "k_norm": "qk_norm",
+    "final_norm": "final_norm",
+    "unembedding": "unembedding",
+}
+# Norm gains start at one: the init-std hyperparameter only applies to weight matrices.
+INIT_STD_MODULE_TYPES = tuple(
+    m for m in MODULE_TYPES if SCALING_GROUP[m] not in ("hidden_vector", "qk_norm", "final_norm")
+)
+
+
+@dataclass(frozen=True)
+class BaseHPs:
+    """The global hyperparameters, as tuned at the base shape."""
+
+    lr: float = 0.01
+    init_std: float = 0.02
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """Log2 multipliers on the base HPs: per module type, per layer (at the tuned depth) and per residual branch.
+
+    Anything absent is 0 (a multiplier of one), so ``Multipliers()`` means "the global HPs".
+    """
+
+    module: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    depth: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    residual: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for module_type, hps in self.module.items():
+            if module_type not in MODULE_TYPES:
+                raise ValueError(f"unknown module type {module_type!r}; known: {', '.join(MODULE_TYPES)}")
+            _check_hp_names(hps, f"module {module_type!r}")
+        _check_hp_names(self.depth, "depth")
+        for branch in self.residual:
+            if branch not in RESIDUAL_BRANCHES:
+                raise ValueError(f"unknown residual branch {branch!r}; known: {', '.join(RESIDUAL_BRANCHES)}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Multipliers:
+        unknown = set(data) - {"module", "depth", "residual"}
+        if unknown:
+            raise ValueError(f"unknown multiplier sections {sorted(unknown)}; known: module, depth, residual")
+        return cls(
+            module={m: dict(h) for m, h in data.get("module", {}).items()},
+            depth={h: tuple(float(v) for v in values) for h, values in data.get("depth", {}).items()},
+            residual=dict(data.get("residual", {})),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "module": {m: dict(h) for m, h in self.module.items()},
+            "depth": {h: list(v) for h, v in self.depth.items()},
+            "residual": dict(self.residual),
+        }
+
+    def log2(self, module_type: str, hp: str, layer: int | None, depth: int) -> float:
+        """The summed log2 multiplier of one HP for one module type at ``layer`` of a ``depth``-block model."""
+        total = self.module.get(module_type, {}).get(hp, 0.0)
+        per_layer = self.depth.get(hp)
+        if per_layer and layer is not None and module_type in BLOCK_MODULE_TYPES:
+            total += interpolate_depth(per_layer, layer, depth)
+        return total
+
+
+def _check_hp_names(names: Iterable[str], where: str) -> None:
+    for hp in names:
+        if hp not in HP_NAMES:
+            raise ValueError(f"unknown hyperparameter {hp!r} in {where}; known: {', '.join(HP_NAMES)}")
+
+
+def interpolate_depth(per_layer: tuple[float, ...] | list[float], layer: int, depth: int) -> float:
+    """Per-layer values tuned at ``len(per_layer)`` blocks, read at block ``layer`` of ``depth``, linear in ℓ/L."""
+    tuned_centres = (np.arange(len(per_layer)) + 0.5) / len(per_layer)
+    return float(np.interp((layer + 0.5) / depth, tuned_centres, per_layer))
+
+
+@dataclass(frozen=True)
+class GroupHPs:
+    """Materialised optimiser and init settings of the parameters of one module type in one layer."""
+
+    module_type: str
+    layer: int | None
+    lr: float
+    init_std: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    eps: float
+
+
+@dataclass(frozen=True)
+class MaterialisedHPs:
+    """Concrete values for one model shape: per-group HPs and the forward multipliers."""
+
+    groups: tuple[GroupHPs, ...]
+    residual_attn: float
+    residual_mlp: float
+    logit: float
+    steps_multiplier: float
+
+    def group(self, module_type: str, layer: int | None = None) -> GroupHPs:
+        for g in self.groups:
+            if g.module_type == module_type and g.layer == layer:
+                return g
+        raise KeyError((module_type, layer))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def materialise(
+    base: BaseHPs,
+    multipliers: Multipliers,
+    parameterisation: Parameterisation,
+    base_shape: Shape,
+    target_shape: Shape,
+) -> MaterialisedHPs:
+    """Base HPs × per-module multipliers × the parameterisation's rules, for every group of the target model."""
+    scaling = parameterisation.scaling(base_shape, target_shape)
+    depth = target_shape.depth
+    groups = []
+    for module_type in MODULE_TYPES:
+        rule = scaling.groups[SCALING_GROUP[module_type]]
+        layers: list[int | None] = list(range(depth)) if module_type in BLOCK_MODULE_TYPES else [None]
+        for layer in layers:
+            factor = {hp: 2.0 ** multipliers.log2(module_type, hp, layer, depth) for hp in HP_NAMES}
+            groups.append(
+                GroupHPs(
+                    module_type=module_type,
+                    layer=layer,
+                    lr=base.lr * factor["lr"] * rule.lr,
+                    init_std=base.init_std * factor["init_std"] * rule.init_std,
+                    weight_decay=base.weight_decay * factor["weight_decay"] * rule.weight_decay,
+                    beta1=_scale_beta(base.beta1, factor["beta1"] * rule.one_minus_beta1),
+                    beta2=_scale_beta(base.beta2, factor["beta2"] * rule.one_minus_beta2),
+                    eps=base.eps * factor["eps"] * rule.eps,
+                )
+            )
+    return MaterialisedHPs(
+        groups=tuple(groups),
+        residual_attn=scaling.residual * 2.0 ** multipliers.residual.get("attn", 0.0),
+        residual_mlp=scaling.residual * 2.0 ** multipliers.residual.get("mlp", 0.0),
+        logit=scaling.logit,
+        steps_multiplier=scaling.steps,
+    )
+
+
+def _scale_beta(beta: float, one_minus_factor: float) -> float:
+    return float(np.clip(1.0 - (1.0 - beta) * one_minus_factor, 0.0, MAX_BETA))
+
+
+def apply_to_model(model: GPT, hps: MaterialisedHPs, *, reinitialise: bool = True) -> list[dict]:
+    """Set the model's forward multipliers, optionally re-initialise its weights, and return AdamW groups.
+
+    Weights are drawn from N(0, init_std²) of their group (in the model's parameter order, so a seeded
+    generator gives the same weights every time); norm gains are reset to one.
+    """
+    model.set_forward_multipliers(hps.residual_attn, hps.residual_mlp, hps.logit)
+    by_key = {(g.module_type, g.layer): g for g in hps.groups}
+    params: dict[tuple[str, int | None], list[nn.Parameter]] = {}
+    for _, param, tag in model.tagged_parameters():
+        key = (tag.module_type, tag.layer)
+        if key not in by_key:
+            raise ValueError(f"no materialised HPs for {key}: the HPs were materialised for another depth")
+        params.setdefault(key, []).append(param)
+        if reinitialise:
+            _initialise(param, tag.module_type, by_key[key].init_std)
+    return [
+        {
+            "params": params[key],
+            "lr": g.lr,
+            "weight_decay": g.weight_decay,
+            "betas": (g.beta1, g.beta2),
+            "eps": g.eps,
+            "module_type": g.module_type,
+            "layer": g.layer,
+        }
+        for key, g in by_key.items()
+        if key in params
+    ]
+
+
+def _initialise(param: nn.Parameter, module_type: str, std: float) -> None:
+    if module_type in INIT_STD_MODULE_TYPES:
+        nn.init.normal_(param, mean=0.0, std=std)
+    else:
+        nn.init.ones_(param)

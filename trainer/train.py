@@ -1,0 +1,169 @@
+"""The training loop: one configuration and one set of per-module multipliers in, one ``TrialResult`` out.
+
+AdamW with per-group settings, linear warm-up then cosine decay to a floor, optional z-loss and gradient
+clipping, bf16 autocast and ``torch.compile`` on CUDA. Divergence (a non-finite loss, or a loss above
+``divergence_factor`` times the first one) ends the run early with status ``diverged``; any other error ends
+it with status ``failed``. Neither raises. On the CPU a run is bitwise-reproducible for a seed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from trainer.config import TrainConfig
+from trainer.data import Corpus, eval_batches, load_corpus, sample_batch
+from trainer.hparams import Multipliers, apply_to_model, materialise
+from trainer.model import GPT
+
+Status = Literal["succeeded", "diverged", "failed"]
+Report = Callable[[int, dict[str, float]], None]
+CURVE_POINTS = 200  # at most about this many train-loss points per run
+
+
+@dataclass
+class TrialResult:
+    status: Status
+    final_val_loss: float | None = None
+    final_train_loss: float | None = None
+    train_curve: list[tuple[int, float]] = field(default_factory=list)
+    eval_curve: list[tuple[int, float]] = field(default_factory=list)
+    steps: int = 0
+    tokens: int = 0
+    wall_time_s: float = 0.0
+    tokens_per_s: float = 0.0
+    reason: str | None = None  # why a run diverged or failed
+    device: str = "cpu"
+    corpus: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, steps: int, warmup: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``floor``; ``step`` counts from 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def run_trial(config: TrainConfig, hps: Multipliers | None = None, report: Report | None = None) -> TrialResult:
+    """Train ``config``'s model with ``hps`` and return the outcome; ``report(step, metrics)`` streams progress."""
+    start = time.perf_counter()
+    try:
+        result = _Run(config, hps or Multipliers(), report).train()
+    except Exception as exc:  # a trial's failure is a result, not a crash of its caller
+        result = TrialResult(status="failed", reason=f"{type(exc).__name__}: {exc}")
+    result.wall_time_s = time.perf_counter() - start
+    return result
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, hps: Multipliers, report: Report | None) -> None:
+        self.cfg, self.t = config, config.training
+        self.report = report or (lambda step, metrics: None)
+        self.device = resolve_device(self.t.device)
+        self.corpus: Corpus = load_corpus(
+            self.t.data, vocab_size=config.model.vocab_size, val_fraction=self.t.val_fraction
+        )
+        torch.manual_seed(self.t.seed)
+        self.model = GPT(config.model.to_model_config())
+        materialised = materialise(
+            config.base_hps.to_base_hps(),
+            hps,
+            config.parameterisation.to_parameterisation(),
+            config.base_shape(),
+            config.shape(),
+        )
+        groups = apply_to_model(self.model, materialised)  # initialised on the CPU: the same weights everywhere
+        self.model.to(self.device)
+        cuda = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(groups, fused=cuda)
+        for group in self.optimizer.param_groups:
+            group["peak_lr"] = group["lr"]
+        use_compile = self.t.compile == "on" or (self.t.compile == "auto" and cuda)
+        self.forward = torch.compile(self.model) if use_compile else self.model
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        self.eval_set = eval_batches(self.corpus, self.t.batch_size, config.model.seq_len, self.t.eval_batches)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy, and the objective (cross-entropy plus z-loss) to differentiate."""
+        with self.autocast:
+            logits = self.forward(x.to(self.device, non_blocking=True)).float()
+        logits = logits.view(-1, logits.size(-1))
+        ce = F.cross_entropy(logits, y.to(self.device, non_blocking=True).view(-1))
+        if self.t.z_loss:
+            return ce, ce + self.t.z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean()
+        return ce, ce
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        return sum(self.loss(x, y)[0].item() for x, y in self.eval_set) / len(self.eval_set)
+
+    def train(self) -> TrialResult:
+        t, steps = self.t, self.t.steps
+        tokens_per_step = t.batch_size * self.cfg.model.seq_len
+        log_every = max(1, steps // CURVE_POINTS)
+        eval_every = t.eval_every or max(1, steps // 10)
+        result = TrialResult(status="succeeded", device=str(self.device), corpus=self.corpus.fingerprint)
+        pending: list[torch.Tensor] = []
+        first_loss: float | None = None
+        train_time = 0.0
+        for step in range(steps):
+            tick = time.perf_counter()
+            factor = lr_factor(step, steps, t.warmup_steps, t.lr_floor)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["peak_lr"] * factor
+            x, y = sample_batch(self.corpus.train, t.batch_size, self.cfg.model.seq_len, t.seed, step)
+            ce, objective = self.loss(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            pending.append(ce.detach())
+            done = step + 1
+            result.steps, result.tokens = done, done * tokens_per_step
+            if done % log_every and done != steps:
+                train_time += time.perf_counter() - tick
+                continue
+            train_loss = torch.stack(pending).mean().item()  # the only host sync between log points
+            pending.clear()
+            train_time += time.perf_counter() - tick
+            first_loss = train_loss if first_loss is None else first_loss
+            result.train_curve.append((done, train_loss))
+            result.final_train_loss = train_loss
+            if not math.isfinite(train_loss) or train_loss > t.divergence_factor * first_loss:
+                result.status = "diverged"
+                result.reason = f"train loss {train_loss:.4g} at step {done} (first loss {first_loss:.4g})"
+                self.report(done, {"train_loss": train_loss})
+                break
+            metrics = {"train_loss": train_loss, "lr_factor": factor}
+            if done % eval_every == 0 or done == steps:
+                val_loss = self.evaluate()
+                result.eval_curve.append((done, val_loss))
+                metrics["val_loss"] = val_loss
+                if not math.isfinite(val_loss):
+                    result.status, result.reason = "diverged", f"validation loss {val_loss} at step {done}"
+                    self.report(done, metrics)
+                    break
+                result.final_val_loss = val_loss
+            self.report(done, metrics)
+        result.tokens_per_s = result.tokens / train_time if train_time > 0 else 0.0
+        if result.status != "succeeded":
+            result.final_val_loss = None
+        return result
