@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from torch import nn
 
-from trainer.model import MODULE_TYPES, GPT
+from trainer.model import GPT, MODULE_TYPES
 from trainer.parameterisation import Parameterisation, Shape
 
 HP_NAMES = ("lr", "init_std", "weight_decay", "beta1", "beta2", "eps")
