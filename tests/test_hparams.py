@@ -100,7 +100,8 @@ def test_apply_to_model_covers_every_parameter_once_and_initialises_by_group():
     groups = apply_to_model(model, hps)
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())
-    assert {g["module_type"] for g in groups} == set(MODULE_TYPES)
+    assert {module_type for g in groups for module_type, _ in g["modules"]} == set(MODULE_TYPES)
+    assert len(groups) == 1  # at the base shape, init aside, every group has the same settings: one group
     out_std = model.blocks[0].attn.out.weight.std().item()
     assert out_std == pytest.approx(0.05 * 8, rel=0.05)
     assert model.blocks[1].mlp.up.weight.std().item() == pytest.approx(0.05, rel=0.05)

@@ -129,6 +129,8 @@ def plot_coord_check(records: Sequence[CoordRecord], path: str | Path, title: st
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--", label="activation")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        values = [v for r in records if r.module_type == module_type for v in (r.activation, r.update) if v > 0]
+        ax.set_ylim(min(values) / 4, max(values) * 4)  # at least a decade: flat looks flat, growth looks like growth
         ax.set_title(module_type, fontsize=9)
         ax.set_xlabel("width")
         ax.set_ylabel("RMS")

@@ -191,6 +191,8 @@ def _scale_beta(beta: float, one_minus_factor: float) -> float:
 def apply_to_model(model: GPT, hps: MaterialisedHPs, *, reinitialise: bool = True) -> list[dict]:
     """Set the model's forward multipliers, optionally re-initialise its weights, and return AdamW groups.
 
+    Each group lists the (module type, layer) pairs it holds under ``"modules"``.
+
     Weights are drawn from N(0, init_std²) of their group (in the model's parameter order, so a seeded
     generator gives the same weights every time); norm gains are reset to one.
     """
@@ -204,19 +206,19 @@ def apply_to_model(model: GPT, hps: MaterialisedHPs, *, reinitialise: bool = Tru
         params.setdefault(key, []).append(param)
         if reinitialise:
             _initialise(param, tag.module_type, by_key[key].init_std)
-    return [
-        {
-            "params": params[key],
-            "lr": g.lr,
-            "weight_decay": g.weight_decay,
-            "betas": (g.beta1, g.beta2),
-            "eps": g.eps,
-            "module_type": g.module_type,
-            "layer": g.layer,
-        }
-        for key, g in by_key.items()
-        if key in params
-    ]
+    # Groups with equal settings are merged: fewer, larger groups keep the optimiser step cheap.
+    merged: dict[tuple[float, ...], dict] = {}
+    for key, g in by_key.items():
+        if key not in params:
+            continue
+        settings = (g.lr, g.weight_decay, g.beta1, g.beta2, g.eps)
+        group = merged.setdefault(
+            settings,
+            {"params": [], "lr": g.lr, "weight_decay": g.weight_decay, "betas": (g.beta1, g.beta2), "eps": g.eps},
+        )
+        group["params"].extend(params[key])
+        group.setdefault("modules", []).append(key)
+    return list(merged.values())
 
 
 def _initialise(param: nn.Parameter, module_type: str, std: float) -> None:
