@@ -79,6 +79,7 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor():
         ("training", {"steps": 0}, "steps"),
         ("training", {"warmup_steps": 30, "steps": 20}, "warmup_steps"),
         ("training", {"learning_rate": 1}, "learning_rate"),
+        ("training", {"device": "tpu"}, "device"),
         ("parameterisation", {"alpha": 2}, "alpha"),
         ("base_hps", {"beta2": 1.0}, "beta2"),
     ],

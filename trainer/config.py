@@ -44,7 +44,7 @@ class TrainingSection(Section):
     lr_floor: float = Field(0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
     data: str = Field("builtin:python-stdlib", description="builtin:python-stdlib, text:PATH or tokens:PATH[:dtype].")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="Share of a user corpus held out for validation.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     seed: int = Field(0, ge=0)
     z_loss: float = Field(0.0, ge=0, description="Coefficient of the z-loss (log-partition squared).")
     grad_clip: float = Field(0.0, ge=0, description="Global gradient-norm clip; 0 disables it.")

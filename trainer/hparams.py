@@ -12,7 +12,7 @@ multiplied through 1 − β. The residual-branch multiplier r of each block kind
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
@@ -142,9 +142,6 @@ class MaterialisedHPs:
             if g.module_type == module_type and g.layer == layer:
                 return g
         raise KeyError((module_type, layer))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def materialise(
