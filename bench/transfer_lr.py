@@ -37,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--basin-max", type=float, default=-5, help="upper log2 LR of the low-LR basin (see summarise)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "transfer_lr")
     return p.parse_args()
 
@@ -110,22 +111,35 @@ def fit_optimum(log2_lrs: np.ndarray, losses: np.ndarray) -> float:
     return float(np.clip(-b / (2 * a), log2_lrs[window[0]], log2_lrs[window[-1]]))
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], basin_max: float) -> dict:
+    """Fitted optima and their drift, over the whole grid and over the low-LR basin (log2 LR <= basin_max).
+
+    This architecture normalises nearly every weight's output (pre-norm, QK-norm, final norm), so at short
+    horizons very high LRs form a second basin: the weights grow until the effective LR is small again. The
+    basin-restricted optimum follows the usual, low-LR optimum even where the other basin wins by a hair.
+    """
     curves: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         size = r["width"] if r["sweep"] == "width" else r["depth"]
         curves[(r["parameterisation"], r["sweep"], int(size))][float(r["log2_lr"])].append(float(r["final_val_loss"]))
-    optima: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    for (param, sweep, size), by_lr in sorted(curves.items()):
-        lrs = np.array(sorted(by_lr))
-        # A run that diverged makes its grid point unusable: the seed-mean is then NaN.
-        means = np.array([np.mean(by_lr[lr]) for lr in lrs])
-        optima[param][sweep][size] = fit_optimum(lrs, means)
-    drift = {
-        param: {sweep: max(o.values()) - min(o.values()) for sweep, o in sweeps.items()}
-        for param, sweeps in optima.items()
-    }
-    return {"optimal_log2_lr": optima, "drift_octaves": drift}
+    summary: dict = {}
+    for label, cap in (("full_grid", math.inf), ("low_lr_basin", basin_max)):
+        optima: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+        for (param, sweep, size), by_lr in sorted(curves.items()):
+            lrs = np.array([lr for lr in sorted(by_lr) if lr <= cap])
+            # A run that diverged makes its grid point unusable: the seed-mean is then NaN.
+            means = np.array([np.mean(by_lr[lr]) for lr in lrs])
+            optima[param][sweep][size] = fit_optimum(lrs, means)
+        drift = {
+            param: {sweep: max(o.values()) - min(o.values()) for sweep, o in sweeps.items()}
+            for param, sweeps in optima.items()
+        }
+        summary[label] = {
+            "basin_max_log2_lr": cap if math.isfinite(cap) else None,
+            "optimal_log2_lr": optima,
+            "drift_octaves": drift,
+        }
+    return summary
 
 
 def plot(rows: list[dict], summary: dict, path: Path) -> None:
@@ -149,11 +163,15 @@ def plot(rows: list[dict], summary: dict, path: Path) -> None:
                         pts[float(r["log2_lr"])].append(float(r["final_val_loss"]))
                 lrs = sorted(pts)
                 ax.plot(lrs, [np.mean(pts[lr]) for lr in lrs], "o-", color=colour, label=f"{sweep} {size}")
-                opt = summary["optimal_log2_lr"][param][sweep][size]
-                if math.isfinite(opt):
-                    ax.axvline(opt, color=colour, linestyle=":", alpha=0.8)
-            drift = summary["drift_octaves"][param][sweep]
-            ax.set_title(f"{param}: {sweep} sweep, optimum drift {drift:.2f} octaves")
+                for label, style in (("full_grid", ":"), ("low_lr_basin", "--")):
+                    opt = summary[label]["optimal_log2_lr"][param][sweep][size]
+                    if math.isfinite(opt):
+                        ax.axvline(opt, color=colour, linestyle=style, alpha=0.7)
+            full = summary["full_grid"]["drift_octaves"][param][sweep]
+            basin = summary["low_lr_basin"]["drift_octaves"][param][sweep]
+            ax.set_title(
+                f"{param}, {sweep}: optimum drift {full:.2f} oct (full, ..), {basin:.2f} (low-LR basin, --)", fontsize=9
+            )
             ax.set_xlabel("log2 base learning rate")
             ax.set_ylabel("final validation loss (nats/byte)")
             ax.legend(fontsize=8)
@@ -186,10 +204,10 @@ def main() -> None:
     wanted = {key({**j, "final_val_loss": 0, "status": ""}) for j in jobs(args)}
     with csv_path.open() as f:
         rows = [r for r in csv.DictReader(f) if key(r) in wanted]
-    summary = summarise(rows)
+    summary = summarise(rows, args.basin_max)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     plot(rows, summary, args.out.with_suffix(".png"))
-    print(json.dumps(summary["drift_octaves"], indent=2))
+    print(json.dumps({label: part["drift_octaves"] for label, part in summary.items()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -112,5 +112,6 @@ def test_apply_to_model_covers_every_parameter_once_and_initialises_by_group():
 
 def test_materialised_hps_for_another_depth_are_refused():
     hps = materialise(BASE_HPS, Multipliers(), Parameterisation("completed"), BASE, BASE)
-    with pytest.raises(ValueError, match="another depth"):
-        apply_to_model(GPT(ModelConfig(width=64, depth=3)), hps)
+    for depth in (1, 3):
+        with pytest.raises(ValueError, match=f"materialised for depth 2, the model has depth {depth}"):
+            apply_to_model(GPT(ModelConfig(width=64, depth=depth)), hps)

@@ -193,21 +193,21 @@ def apply_to_model(model: GPT, hps: MaterialisedHPs, *, reinitialise: bool = Tru
     Weights are drawn from N(0, init_std²) of their group (in the model's parameter order, so a seeded
     generator gives the same weights every time); norm gains are reset to one.
     """
-    model.set_forward_multipliers(hps.residual_attn, hps.residual_mlp, hps.logit)
     by_key = {(g.module_type, g.layer): g for g in hps.groups}
+    tagged = model.tagged_parameters()
     params: dict[tuple[str, int | None], list[nn.Parameter]] = {}
-    for _, param, tag in model.tagged_parameters():
-        key = (tag.module_type, tag.layer)
-        if key not in by_key:
-            raise ValueError(f"no materialised HPs for {key}: the HPs were materialised for another depth")
-        params.setdefault(key, []).append(param)
-        if reinitialise:
-            _initialise(param, tag.module_type, by_key[key].init_std)
+    for _, param, tag in tagged:
+        params.setdefault((tag.module_type, tag.layer), []).append(param)
+    if set(params) != set(by_key):
+        depth = 1 + max(g.layer for g in hps.groups if g.layer is not None)
+        raise ValueError(f"the HPs were materialised for depth {depth}, the model has depth {model.cfg.depth}")
+    model.set_forward_multipliers(hps.residual_attn, hps.residual_mlp, hps.logit)
+    if reinitialise:
+        for _, param, tag in tagged:
+            _initialise(param, tag.module_type, by_key[(tag.module_type, tag.layer)].init_std)
     # Groups with equal settings are merged: fewer, larger groups keep the optimiser step cheap.
     merged: dict[tuple[float, ...], dict] = {}
     for key, g in by_key.items():
-        if key not in params:
-            continue
         settings = (g.lr, g.weight_decay, g.beta1, g.beta2, g.eps)
         group = merged.setdefault(
             settings,
