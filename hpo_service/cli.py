@@ -112,11 +112,9 @@ def _set_dotted(data: dict, key: str, value: object) -> None:
     *parents, leaf = key.split(".")
     node = data
     for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {} if node.get(part) is None else node[part]
-            if not isinstance(node[part], dict):
-                raise CLIError(f"--set {key}: {part!r} is not a section")
-        node = node[part]
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise CLIError(f"--set {key}: {part!r} is not a section")
     node[leaf] = value
 
 

@@ -78,3 +78,8 @@ def test_per_module_multipliers_from_a_file_are_applied(tmp_path):
     multipliers.write_text("module: {attn_z: {lr: 1.0}}\n")
     run = hpo("train", str(TINY), "--multipliers", str(multipliers))
     assert run.returncode == 2 and "unknown module type 'attn_z'" in run.stderr
+
+
+def test_setting_inside_a_value_is_refused():
+    with pytest.raises(CLIError, match="'width' is not a section"):
+        load_train_config(TINY, ["model.width.x=1"])
