@@ -138,12 +138,13 @@ class _Run:
             pending.append(ce.detach())
             done = step + 1
             result.steps, result.tokens = done, done * tokens_per_step
-            if done % log_every and done != steps:
-                train_time += time.perf_counter() - tick
-                continue
-            train_loss = torch.stack(pending).mean().item()  # the only host sync between log points
-            pending.clear()
+            log_point = done % log_every == 0 or done == steps
+            if log_point:
+                train_loss = torch.stack(pending).mean().item()  # the only host sync between log points
+                pending.clear()
             train_time += time.perf_counter() - tick
+            if not log_point:
+                continue
             first_loss = train_loss if first_loss is None else first_loss
             result.train_curve.append((done, train_loss))
             result.final_train_loss = train_loss
