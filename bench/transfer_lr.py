@@ -5,7 +5,7 @@ for each parameterisation and seed, all from one base shape. The optimum of each
 is the vertex of a parabola fitted in log2 LR around the grid minimum; the drift is the spread of those optima
 in octaves. Runs are appended to the CSV as they finish, so an interrupted sweep resumes where it stopped.
 
-    python bench/transfer_lr.py                 # the full sweep (about 100 minutes on 2 cores)
+    python bench/transfer_lr.py                 # the full sweep (about 32 minutes on 2 cores)
     python bench/transfer_lr.py --steps 40 --lrs -9 -7 -5 --widths 32 64 --depths 2 4 --out /tmp/quick
 """
 
