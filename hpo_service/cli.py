@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
+from hpo_service import client
 from trainer.config import TrainConfig
 from trainer.hparams import Multipliers
 
@@ -25,6 +26,7 @@ class CLIError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_service_commands(commands)
     train = commands.add_parser("train", help="train one model from a YAML config (or search spec)")
     train.add_argument("config", type=Path, help="YAML with model, training, parameterisation and base_hps")
     train.add_argument(
@@ -37,12 +39,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     train.add_argument("--multipliers", type=Path, help="YAML/JSON of per-module log2 multipliers")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.set_defaults(handler=_train)
     args = parser.parse_args(argv)
     try:
-        return _train(args)
-    except CLIError as exc:
+        return args.handler(args)
+    except (CLIError, client.ClientError) as exc:
         print(f"hpo: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _add_service_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run the controller: the API, the dashboard and the engine")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--db", help="database URL or SQLite file (default: $HPO_DATABASE_URL, else hpo.db)")
+    serve.set_defaults(handler=_serve)
+
+    def server_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--server", help=f"controller URL (default: $HPO_SERVER or {client.DEFAULT_SERVER})")
+
+    submit = commands.add_parser("submit", help="submit a search spec (YAML or JSON); prints the search id last")
+    submit.add_argument("spec", type=Path)
+    server_option(submit)
+    submit.set_defaults(handler=client.submit)
+
+    status = commands.add_parser("status", help="a search's status, trial counts and best loss")
+    status.add_argument("search_id", type=int)
+    status.add_argument("--json", action="store_true", help="print the API's JSON")
+    server_option(status)
+    status.set_defaults(handler=client.status)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_commands.add_parser("upgrade", help="apply the schema migrations")
+    db_upgrade.add_argument("--db", help="database URL or SQLite file (default: $HPO_DATABASE_URL, else hpo.db)")
+    db_upgrade.set_defaults(handler=_db_upgrade)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hpo_service.api.app import create_app
+
+    uvicorn.run(_open_store(create_app, args.db), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from hpo_service.store.database import database_url, upgrade
+
+    url = database_url(args.db)
+    _open_store(upgrade, url)
+    print(f"database at {_redacted(url)} is at the latest schema")
+    return 0
+
+
+def _open_store(open_: Callable, url: str | None) -> object:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hpo_service.store.database import StoreError
+
+    try:
+        return open_(url)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CLIError(f"cannot open the database: {str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}") from None
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,0 +1,217 @@
+"""The engine: one thread in the controller that drives every active search.
+
+Each turn of its loop it (1) picks up searches that were created, paused, resumed or cancelled through the
+API, (2) collects what the executor reports and writes it in one transaction, (3) ends generations whose
+trials are all final (tell, then ask the next), and (4) dispatches pending trials up to each search's
+``parallel``, writing them as running before submitting them. The store is the source of truth: a runner
+that hits a database error is dropped and rebuilt from the store on a later turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hpo_service.engine.executor import RayExecutor, Resources, ensure_ray
+from hpo_service.engine.records import record
+from hpo_service.engine.runner import SearchRunner
+from hpo_service.store.database import transaction
+from hpo_service.store.models import ACTIVE_SEARCH_STATUSES, Search, Trial, utcnow
+
+log = logging.getLogger(__name__)
+SYNC_INTERVAL_S = 0.25  # how often the engine looks for searches changed through the API, unless woken
+IDLE_WAIT_S = 0.5
+
+
+class Engine:
+    """Drives all active searches of one store on one executor."""
+
+    def __init__(self, sessions: sessionmaker[Session], executor_factory: Callable[[], RayExecutor] = RayExecutor):
+        self.sessions = sessions
+        self.executor_factory = executor_factory
+        self.executor: RayExecutor | None = None
+        self.runners: dict[int, SearchRunner] = {}
+        self.paused: set[int] = set()
+        self.owner: dict[int, int] = {}  # in-flight trial id -> search id
+        self.error: str | None = None  # why the engine could not start, if it could not
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sync = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hpo-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the loop; trials still running are cancelled and will be re-run by the next controller."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def wake(self) -> None:
+        """Look at the store now (a search was created or changed)."""
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            ensure_ray()
+            self.executor = self.executor_factory()
+        except Exception as exc:
+            self.error = f"cannot start the executor: {type(exc).__name__}: {exc}"
+            log.exception("engine: cannot start the executor")
+            return
+        while not self._stop.is_set():
+            try:
+                self.turn()
+            except DBAPIError as exc:
+                log.warning("engine: database error, rebuilding from the store: %s", str(exc).splitlines()[0])
+                self.runners.clear()
+                time.sleep(1.0)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.executor is None or not self.executor.in_flight:
+            return
+        interrupted = list(self.executor.in_flight)
+        self.executor.cancel(interrupted)
+        try:
+            with transaction(self.sessions) as session:
+                _requeue(session, interrupted)
+        except DBAPIError:
+            log.warning("engine: could not requeue %d running trials; the next start will", len(interrupted))
+
+    # -- one turn of the loop ------------------------------------------------------------------------------------
+
+    def turn(self) -> None:
+        assert self.executor is not None
+        woken = self._wake.is_set()
+        if woken or time.monotonic() - self._last_sync >= SYNC_INTERVAL_S:
+            self._wake.clear()
+            self._sync()
+        busy = bool(self.executor.in_flight)
+        events = self.executor.poll(wait_s=0.05 if busy else 0.0)
+        if events:
+            with transaction(self.sessions) as session:
+                for event in events:
+                    record(session, event)
+        touched = {self.owner[e.trial_id] for e in events if e.trial_id in self.owner}
+        for event in events:
+            if not self.executor.tracks(event.trial_id):
+                self.owner.pop(event.trial_id, None)
+        for search_id in list(self.runners):
+            if search_id in touched or self._in_flight(search_id) == 0:
+                self._step(search_id)
+        if not events and not busy:
+            self._wake.wait(IDLE_WAIT_S)
+
+    def _step(self, search_id: int) -> None:
+        """End the runner's generation if it is complete, then fill its free slots."""
+        runner = self.runners[search_id]
+        try:
+            with transaction(self.sessions) as session:
+                runner.advance(session)
+            if runner.finished:
+                self.runners.pop(search_id)
+                return
+            if search_id in self.paused:
+                return
+            free = runner.spec.execution.parallel - self._in_flight(search_id)
+            with transaction(self.sessions) as session:
+                dispatches = runner.pending(session, free)
+            execution = runner.spec.execution
+            resources = Resources(execution.cpus_per_trial, execution.gpus_per_trial, execution.timeout_s)
+            for dispatch in dispatches:
+                self.executor.submit(dispatch.trial_id, dispatch.payload, resources)
+                self.owner[dispatch.trial_id] = search_id
+        except DBAPIError:
+            raise
+        except Exception as exc:
+            log.exception("engine: search %d failed", search_id)
+            self._fail(search_id, f"{type(exc).__name__}: {exc}")
+
+    def _in_flight(self, search_id: int) -> int:
+        return sum(1 for owner in self.owner.values() if owner == search_id)
+
+    def _sync(self) -> None:
+        """Match the runners to the searches' statuses in the store."""
+        self._last_sync = time.monotonic()
+        with transaction(self.sessions) as session:
+            searches = session.execute(
+                select(Search.id, Search.status).where(
+                    or_(Search.status.in_(ACTIVE_SEARCH_STATUSES), Search.id.in_(list(self.runners)))
+                )
+            ).all()
+        for search_id, status in searches:
+            if status in ("cancelled", "completed", "failed"):
+                self._retire(search_id, status)
+            elif search_id not in self.runners:
+                self._load(search_id)
+            if status == "paused":
+                self.paused.add(search_id)
+            else:
+                self.paused.discard(search_id)
+
+    def _load(self, search_id: int) -> None:
+        try:
+            with transaction(self.sessions) as session:
+                search = session.get(Search, search_id)
+                runner = SearchRunner.load(session, search)
+                orphans = session.scalars(
+                    select(Trial.id).where(Trial.search_id == search_id, Trial.status == "running")
+                ).all()
+                _requeue(session, [t for t in orphans if not self.executor.tracks(t)])
+                search.started_at = search.started_at or utcnow()
+                if search.status == "queued":
+                    search.status = "running"
+        except DBAPIError:
+            raise
+        except Exception as exc:
+            log.exception("engine: cannot load search %d", search_id)
+            self._fail(search_id, f"cannot start the search: {type(exc).__name__}: {exc}")
+            return
+        self.runners[search_id] = runner
+
+    def _retire(self, search_id: int, status: str) -> None:
+        """Drop a search that ended; if it was cancelled, stop its trials and mark the unfinished ones."""
+        self.runners.pop(search_id, None)
+        mine = [t for t, owner in self.owner.items() if owner == search_id]
+        self.executor.cancel(mine)
+        for trial_id in mine:
+            self.owner.pop(trial_id)
+        if status == "cancelled":
+            with transaction(self.sessions) as session:
+                session.execute(
+                    update(Trial)
+                    .where(Trial.search_id == search_id, Trial.status.in_(("pending", "running")))
+                    .values(status="cancelled", finished_at=utcnow())
+                )
+
+    def _fail(self, search_id: int, error: str) -> None:
+        with transaction(self.sessions) as session:
+            search = session.get(Search, search_id)
+            search.status, search.error, search.finished_at = "failed", error[:4000], utcnow()
+        self._retire(search_id, "failed")
+
+
+def _requeue(session: Session, trial_ids: list[int]) -> None:
+    """Running trials whose controller stopped become pending again; the interrupted attempt is not counted."""
+    if trial_ids:
+        session.execute(
+            update(Trial)
+            .where(Trial.id.in_(trial_ids), Trial.status == "running")
+            .values(status="pending", attempts=Trial.attempts - 1, started_at=None)
+        )

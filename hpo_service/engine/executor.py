@@ -1,0 +1,215 @@
+"""Running trials on Ray: one Ray task per trial, progress streamed back through a small inbox actor.
+
+Ray places each task by the resources it asks for (``cpus_per_trial``, ``gpus_per_trial``); locally the
+controller starts Ray in-process, ``RAY_ADDRESS`` joins a cluster. The executor only runs things and reports
+what happened, as events; deciding what they mean (retry, fail, tell) is the engine's job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
+TrialFn = Callable[[dict, Callable[[int, dict[str, float]], None]], dict]
+PROGRESS_INTERVAL_S = 1.0  # a worker sends its progress at most this often
+DRAIN_INTERVAL_S = 0.5  # the engine collects progress at most this often
+
+
+@dataclass(frozen=True)
+class Started:
+    trial_id: int
+    node: str
+    worker: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    trial_id: int
+    points: list[tuple[int, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Finished:
+    trial_id: int
+    result: dict  # trainer.TrialResult.to_dict()
+    node: str | None = None
+    worker: str | None = None
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The worker running the trial died (process crash, node loss, out of memory): worth a retry."""
+
+    trial_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    trial_id: int
+    timeout_s: float
+
+
+Event = Started | Progress | Finished | Lost | TimedOut
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    gpus: float = 0.0
+    timeout_s: float = 3600.0
+
+
+def train_trial(payload: dict, report: Callable[[int, dict[str, float]], None]) -> dict:
+    """The default trial: ``trainer.run_trial`` on the payload's config and multipliers."""
+    from trainer import Multipliers, TrainConfig, run_trial
+
+    config = TrainConfig.model_validate(payload["config"])
+    return run_trial(config, Multipliers.from_dict(payload["multipliers"]), report).to_dict()
+
+
+@ray.remote(num_cpus=0)
+class ProgressInbox:
+    """Collects the workers' progress messages until the engine drains them."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple] = []
+
+    def push(self, message: tuple) -> None:
+        self.messages.append(message)
+
+    def drain(self) -> list[tuple]:
+        messages, self.messages = self.messages, []
+        return messages
+
+
+def _run_on_worker(trial_fn: TrialFn, trial_id: int, payload: dict, inbox: Any) -> tuple[dict, str, str]:
+    node, worker = ray.get_runtime_context().get_node_id(), f"{socket.gethostname()}:{os.getpid()}"
+    inbox.push.remote(("started", trial_id, node, worker))
+    buffered: list[tuple[int, dict[str, float]]] = []
+    last_sent = time.monotonic()
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        nonlocal last_sent
+        buffered.append((step, dict(metrics)))
+        if time.monotonic() - last_sent >= PROGRESS_INTERVAL_S:
+            inbox.push.remote(("progress", trial_id, buffered.copy()))
+            buffered.clear()
+            last_sent = time.monotonic()
+
+    return trial_fn(payload, report), node, worker  # the final curves come with the result: no flush
+
+
+_remote_trial = ray.remote(max_retries=0)(_run_on_worker)
+
+
+@dataclass
+class _InFlight:
+    ref: ray.ObjectRef
+    resources: Resources
+    started: float | None = None  # monotonic time the worker began (queueing for resources is not timed)
+
+
+@dataclass
+class RayExecutor:
+    """Submits trials as Ray tasks and turns what comes back into events."""
+
+    trial_fn: TrialFn = train_trial
+    in_flight: dict[int, _InFlight] = field(default_factory=dict)
+    last_drain: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.inbox = ProgressInbox.remote()
+
+    def submit(self, trial_id: int, payload: dict, resources: Resources) -> None:
+        ref = _remote_trial.options(num_cpus=resources.cpus, num_gpus=resources.gpus).remote(
+            self.trial_fn, trial_id, payload, self.inbox
+        )
+        self.in_flight[trial_id] = _InFlight(ref, resources)
+
+    def tracks(self, trial_id: int) -> bool:
+        return trial_id in self.in_flight
+
+    def cancel(self, trial_ids: list[int]) -> None:
+        """Stop these trials; they produce no further events."""
+        for trial_id in trial_ids:
+            flight = self.in_flight.pop(trial_id, None)
+            if flight is not None:
+                ray.cancel(flight.ref, force=True)
+
+    def poll(self, wait_s: float = 0.0) -> list[Event]:
+        """Events since the last poll, waiting up to ``wait_s`` for a trial to finish if none has."""
+        events: list[Event] = []
+        if time.monotonic() - self.last_drain >= DRAIN_INTERVAL_S:
+            events += self._drain()
+        refs = {flight.ref: trial_id for trial_id, flight in self.in_flight.items()}
+        if refs:
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=wait_s)
+            if ready:
+                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            for ref in ready:
+                events.append(self._outcome(refs[ref], ref))
+        elif wait_s:
+            time.sleep(wait_s)
+        events.extend(self._timeouts())
+        return events
+
+    def _outcome(self, trial_id: int, ref: ray.ObjectRef) -> Event:
+        del self.in_flight[trial_id]
+        try:
+            result, node, worker = ray.get(ref)
+            return Finished(trial_id, result, node, worker)
+        except RayTaskError as exc:  # the trial's own code raised: deterministic, not worth a retry
+            cause = exc.cause if exc.cause is not None else exc
+            return Finished(trial_id, {"status": "failed", "reason": f"{type(cause).__name__}: {cause}"})
+        except TaskCancelledError:
+            return Lost(trial_id, "the task was cancelled by Ray")
+        except RayError as exc:
+            return Lost(trial_id, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+    def _drain(self) -> list[Event]:
+        self.last_drain = time.monotonic()
+        events: list[Event] = []
+        for message in ray.get(self.inbox.drain.remote()):
+            kind, trial_id, *rest = message
+            if trial_id not in self.in_flight:
+                continue  # a late message of a trial already finished or cancelled
+            if kind == "started":
+                self.in_flight[trial_id].started = time.monotonic()
+                events.append(Started(trial_id, node=rest[0], worker=rest[1]))
+            else:
+                events.append(Progress(trial_id, rest[0]))
+        return events
+
+    def _timeouts(self) -> list[Event]:
+        now = time.monotonic()
+        expired = [
+            trial_id
+            for trial_id, flight in self.in_flight.items()
+            if flight.started is not None and now - flight.started > flight.resources.timeout_s
+        ]
+        events: list[Event] = []
+        for trial_id in expired:
+            timeout = self.in_flight[trial_id].resources.timeout_s
+            self.cancel([trial_id])
+            events.append(TimedOut(trial_id, timeout))
+        return events
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster at ``RAY_ADDRESS``, or start a local Ray on loopback, unless Ray is already up."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "namespace": "hpo"}
+    if address:
+        ray.init(address=address, **options)
+    else:
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **options)

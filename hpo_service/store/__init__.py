@@ -1,0 +1,1 @@
+"""The SQL store: the source of truth for searches, trials and optimizer state."""

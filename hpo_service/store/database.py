@@ -1,0 +1,79 @@
+"""Connecting to the store: the database URL, the SQLAlchemy engine, sessions and schema migrations.
+
+The default is an embedded SQLite file (``hpo.db`` in the working directory) in WAL mode, so the dashboard
+and API read while the engine writes; ``HPO_DATABASE_URL`` (or ``--db``) selects PostgreSQL in production.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_DATABASE = "hpo.db"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+class StoreError(Exception):
+    """The store cannot be opened or migrated; the message says why."""
+
+
+def database_url(value: str | None = None) -> str:
+    """A SQLAlchemy URL from ``value`` (a URL or a SQLite file path), else ``HPO_DATABASE_URL``, else the default."""
+    value = value or os.environ.get("HPO_DATABASE_URL") or DEFAULT_DATABASE
+    if "://" not in value:
+        return f"sqlite:///{Path(value).expanduser()}"
+    if value.startswith("postgresql://"):  # psycopg 3 is the driver we ship
+        return "postgresql+psycopg://" + value.removeprefix("postgresql://")
+    return value
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if parsed.database and parsed.database != ":memory:":
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise StoreError(f"cannot create the SQLite database {parsed.database}: {folder} is not a directory")
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection, _record) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work commits at the end of the block, or rolls back if the block raises."""
+    with sessions() as session, session.begin():
+        yield session
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations in ``migrations/`` up to ``revision``."""
+    from alembic import command
+    from alembic.config import Config
+
+    if not (MIGRATIONS / "env.py").is_file():
+        raise StoreError(f"the migrations folder {MIGRATIONS} is missing; install the project from its source tree")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = url
+    command.upgrade(config, revision)

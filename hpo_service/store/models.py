@@ -1,0 +1,124 @@
+"""The ORM: searches, their generations and trials, trial progress, and each search's optimizer state.
+
+The trial rows are also the optimizer's tell log: together with the state snapshot taken when a generation
+was asked, they restore a search exactly (see ``hpo_service.engine.runner``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SEARCH_STATUSES = ("queued", "running", "paused", "completed", "cancelled", "failed")
+ACTIVE_SEARCH_STATUSES = ("queued", "running", "paused")
+TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "diverged", "cancelled")
+FINAL_TRIAL_STATUSES = ("succeeded", "failed", "diverged", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Search(Base):
+    __tablename__ = "searches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+    __table_args__ = (UniqueConstraint("search_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed
+    best_loss: Mapped[float | None] = mapped_column(Float)
+    median_loss: Mapped[float | None] = mapped_column(Float)
+    diverged: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Trial(Base):
+    """One training run: a candidate (``generation``, ``index``) trained with one seed (``replicate``)."""
+
+    __tablename__ = "trials"
+    __table_args__ = (
+        UniqueConstraint("search_id", "generation", "index", "replicate"),
+        Index("ix_trials_search_status", "search_id", "status"),
+        Index("ix_trials_search_loss", "search_id", "loss"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    generation: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column(Integer)
+    replicate: Mapped[int] = mapped_column(Integer, default=0)
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    vector: Mapped[list] = mapped_column(JSON)  # the optimizer's coordinates, log2 units
+    multipliers: Mapped[dict] = mapped_column(JSON)  # the same, as trainer.Multipliers.to_dict()
+    hps: Mapped[dict] = mapped_column(JSON)  # materialised at the base shape: {group: {hp: value}}
+    loss: Mapped[float | None] = mapped_column(Float)  # final validation loss; None unless succeeded
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[int | None] = mapped_column(Integer)
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    wall_time_s: Mapped[float | None] = mapped_column(Float)
+    node: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProgressPoint(Base):
+    """A point of a trial's learning curve: streamed while it trains, replaced by the full curve at the end."""
+
+    __tablename__ = "progress_points"
+
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+
+
+class OptimizerState(Base):
+    """The optimizer and the candidates it asked for ``generation``, pickled right after the ask."""
+
+    __tablename__ = "optimizer_states"
+
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    optimizer: Mapped[str] = mapped_column(String(32))
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
