@@ -18,6 +18,7 @@ from trainer.hparams import BLOCK_MODULE_TYPES, HP_NAMES, INIT_STD_MODULE_TYPES,
 from trainer.model import MODULE_TYPES
 
 OptimizerName = Literal["cma", "diagonal_cma", "de", "oneplusone", "ngopt", "random", "trust_region"]
+MIN_POPULATION = {"cma": 2, "diagonal_cma": 2, "de": 4}  # recombination needs parents (DE: three others)
 MAX_TRIALS = 1_000_000  # population × generations × replicates: a search larger than this is a typo
 
 
@@ -116,6 +117,13 @@ class OptimizerSection(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     replicates: int = Field(1, gt=0, le=16, description="Training seeds per candidate; its loss is their mean.")
     sigma: float = Field(1.0, gt=0, le=10, description="Initial step size in octaves (log2 units).")
+
+    @model_validator(mode="after")
+    def _population_fits_the_optimizer(self) -> OptimizerSection:
+        least = MIN_POPULATION.get(self.name, 1)
+        if self.population < least:
+            raise ValueError(f"optimizer.population must be at least {least} for {self.name}")
+        return self
 
 
 class ExecutionSection(Section):

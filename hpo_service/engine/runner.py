@@ -165,7 +165,14 @@ class SearchRunner:
                         hps=hps,
                     )
                 )
-        snapshot = pickle.dumps((self.optimizer, self.candidates), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            snapshot = pickle.dumps((self.optimizer, self.candidates), protocol=pickle.HIGHEST_PROTOCOL)
+        except (TypeError, pickle.PicklingError) as exc:  # e.g. NGOpt choosing a thread-based recast optimizer
+            chosen = type(getattr(self.optimizer, "optim", self.optimizer)).__name__
+            raise RuntimeError(
+                f"the state of optimizer {self.spec.optimizer.name!r} ({chosen}) cannot be saved, so the search "
+                f"could not resume after a restart; choose another optimizer ({exc})"
+            ) from exc
         state = session.get(OptimizerState, self.search_id)
         if state is None:
             state = OptimizerState(search_id=self.search_id, optimizer=self.spec.optimizer.name)

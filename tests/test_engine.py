@@ -1,0 +1,158 @@
+"""The engine on real Ray and a real database (SQLite and PostgreSQL): generations, retries, control."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import ray
+from sqlalchemy import select
+
+import tests.trial_fns as trial_fns
+from hpo_service.engine.commands import Commands
+from hpo_service.engine.engine import Engine
+from hpo_service.engine.executor import RayExecutor
+from hpo_service.spec import SearchSpec
+from hpo_service.store.models import Generation, ProgressPoint, Search, Trial
+
+ray.cloudpickle.register_pickle_by_value(trial_fns)  # Ray workers cannot import the tests package
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def tiny_spec(**overrides) -> SearchSpec:
+    sections = {
+        "name": "engine-test",
+        "model": {"width": 32, "depth": 1, "head_dim": 16, "seq_len": 32},
+        "training": {"batch_size": 4, "steps": 12, "warmup_steps": 2, "device": "cpu"},
+        "search_space": {"modules": ["attn_q", "mlp_up", "mlp_down", "unembedding"], "hps": ["lr", "init_std"]},
+        "optimizer": {"name": "cma", "population": 4, "generations": 2, "seed": 0},
+        "execution": {"parallel": 2, "max_retries": 1, "timeout_s": 60},
+    }
+    for section, values in overrides.items():
+        sections[section] = {**sections.get(section, {}), **values} if isinstance(values, dict) else values
+    return SearchSpec.model_validate(sections)
+
+
+def make_engine(sessions, trial_fn=None) -> Engine:
+    engine = Engine(sessions)
+    engine.executor = RayExecutor(trial_fn=trial_fn) if trial_fn else RayExecutor()
+    return engine
+
+
+def run_until(engine: Engine, sessions, search_id: int, done, timeout_s: float = 120.0) -> Search:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        engine.turn()
+        with sessions() as session:
+            search = session.get(Search, search_id)
+            if done(session, search):
+                return search
+    pytest.fail(f"search {search_id} did not get there in {timeout_s} s")
+
+
+def finished(session, search) -> bool:
+    return search.status in ("completed", "cancelled", "failed")
+
+
+def trials_of(sessions, search_id: int) -> list[Trial]:
+    with sessions() as session:
+        return list(
+            session.scalars(select(Trial).where(Trial.search_id == search_id).order_by(Trial.generation, Trial.index))
+        )
+
+
+def test_a_search_trains_every_candidate_of_every_generation_once(sessions):
+    search = Commands(sessions).create(tiny_spec())
+    engine = make_engine(sessions)
+    assert run_until(engine, sessions, search.id, finished).status == "completed"
+
+    trials = trials_of(sessions, search.id)
+    assert [(t.generation, t.index) for t in trials] == [(g, i) for g in range(2) for i in range(4)]
+    assert all(t.status == "succeeded" and t.attempts == 1 and 2.0 < t.loss < 6.0 for t in trials)
+    assert all(t.node and t.worker and t.wall_time_s > 0 for t in trials)
+    assert len({tuple(t.vector) for t in trials}) == 8
+    with sessions() as session:
+        for t in trials:
+            curve = session.scalars(select(ProgressPoint).where(ProgressPoint.trial_id == t.id)).all()
+            assert [p.step for p in curve] == list(range(1, 13))
+            assert curve[-1].val_loss == pytest.approx(t.loss)
+        generations = session.scalars(select(Generation).where(Generation.search_id == search.id)).all()
+        assert [g.status for g in generations] == ["completed", "completed"]
+        assert generations[0].best_loss == min(t.loss for t in trials if t.generation == 0)
+    # the materialised values are the base HPs times the multipliers, at the proxy's own shape
+    first = trials[0]
+    expected_lr = 0.01 * 2 ** first.multipliers["module"]["attn_q"]["lr"]
+    assert first.hps["attn_q"]["lr"] == pytest.approx(expected_lr)
+
+
+def test_diverged_candidates_are_told_a_penalty_and_never_ranked_best(sessions):
+    spec = tiny_spec(optimizer={"name": "random", "population": 8, "generations": 2, "seed": 1})
+    search = Commands(sessions).create(spec)
+    engine = make_engine(sessions, trial_fns.synthetic)
+    run_until(engine, sessions, search.id, finished)
+    trials = trials_of(sessions, search.id)
+    diverged = [t for t in trials if t.status == "diverged"]
+    assert diverged, "the synthetic cliff should make some random candidates diverge"
+    assert all(t.loss is None for t in diverged)
+    with sessions() as session:
+        generation = session.scalars(select(Generation).where(Generation.search_id == search.id)).first()
+    assert generation.diverged == sum(1 for t in diverged if t.generation == 0)
+    assert generation.best_loss == min(t.loss for t in trials if t.generation == 0 and t.status == "succeeded")
+
+
+def test_a_dead_worker_is_retried_with_the_same_candidate(sessions, tmp_path):
+    spec = tiny_spec(optimizer={"population": 2, "generations": 1})
+    search = Commands(sessions).create(spec)
+    engine = make_engine(sessions, functools.partial(trial_fns.crash_once, str(tmp_path)))
+    run_until(engine, sessions, search.id, finished)
+    trials = trials_of(sessions, search.id)
+    assert [(t.status, t.attempts) for t in trials] == [("succeeded", 2), ("succeeded", 2)]
+
+
+def test_a_worker_that_keeps_dying_fails_its_trial_after_the_retries(sessions):
+    spec = tiny_spec(optimizer={"name": "random", "population": 1, "generations": 1}, execution={"max_retries": 1})
+    search = Commands(sessions).create(spec)
+    engine = make_engine(sessions, trial_fns.always_crash)
+    assert run_until(engine, sessions, search.id, finished).status == "completed"
+    (trial,) = trials_of(sessions, search.id)
+    assert (trial.status, trial.attempts) == ("failed", 2)
+    assert "worker lost" in trial.error
+
+
+def test_a_trial_past_its_timeout_is_stopped_and_failed(sessions):
+    spec = tiny_spec(optimizer={"name": "random", "population": 1, "generations": 1}, execution={"timeout_s": 2})
+    search = Commands(sessions).create(spec)
+    engine = make_engine(sessions, trial_fns.hang)
+    started = time.monotonic()
+    run_until(engine, sessions, search.id, finished, timeout_s=60)
+    assert time.monotonic() - started < 30
+    (trial,) = trials_of(sessions, search.id)
+    assert trial.status == "failed" and "timed out after 2 s" in trial.error
+
+
+def test_pause_holds_new_trials_and_resume_finishes_the_search(sessions):
+    search = Commands(sessions).create(tiny_spec())
+    commands = Commands(sessions)
+    engine = make_engine(sessions, trial_fns.slow_real)
+    run_until(engine, sessions, search.id, lambda s, x: s.scalar(select(Trial).where(Trial.status == "running")))
+    commands.apply(search.id, "pause")
+    # the running trials finish, and nothing new starts while paused
+    run_until(engine, sessions, search.id, lambda s, x: not s.scalar(select(Trial).where(Trial.status == "running")))
+    for _ in range(20):
+        engine.turn()
+    statuses = [t.status for t in trials_of(sessions, search.id)]
+    assert statuses.count("running") == 0 and statuses.count("pending") >= 1
+    commands.apply(search.id, "resume")
+    assert run_until(engine, sessions, search.id, finished).status == "completed"
+
+
+def test_cancel_stops_running_trials_and_marks_the_rest_cancelled(sessions):
+    search = Commands(sessions).create(tiny_spec())
+    engine = make_engine(sessions, trial_fns.hang)
+    run_until(engine, sessions, search.id, lambda s, x: s.scalar(select(Trial).where(Trial.status == "running")))
+    Commands(sessions).apply(search.id, "cancel")
+    engine.wake()
+    engine.turn()
+    assert not engine.executor.in_flight
+    assert {t.status for t in trials_of(sessions, search.id)} == {"cancelled"}

@@ -1,0 +1,102 @@
+"""The search spec: the contract's fields, errors that name the field, and the search space's coordinates."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from hpo_service.spec import SearchSpec
+from trainer.model import MODULE_TYPES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spec(**sections) -> SearchSpec:
+    return SearchSpec.model_validate({"name": "t", **sections})
+
+
+def error_fields(**sections) -> set[str]:
+    with pytest.raises(ValidationError) as info:
+        spec(**sections)
+    return {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}
+
+
+@pytest.mark.parametrize("example", ["tiny.yaml", "proxy-50m.yaml"])
+def test_the_shipped_examples_are_valid_specs(example):
+    loaded = SearchSpec.model_validate(yaml.safe_load((ROOT / "examples" / example).read_text()))
+    assert loaded.dimension() > 0
+
+
+def test_the_contract_example_parses_with_every_field_it_names():
+    loaded = SearchSpec.model_validate(yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text()))
+    assert loaded.name == "tiny-demo"
+    assert loaded.search_space.modules == "all"
+    assert loaded.optimizer.name == "cma" and loaded.optimizer.population == 6
+    assert loaded.execution.max_retries == 1 and loaded.execution.timeout_s == 600
+
+
+@pytest.mark.parametrize(
+    ("sections", "field"),
+    [
+        ({"search_space": {"modules": ["attn_q", "attn_z"]}}, "search_space.modules"),
+        ({"search_space": {"hps": ["lr", "momentum"]}}, "search_space.hps"),
+        ({"search_space": {"log2_bounds": [3, -3]}}, "search_space.log2_bounds"),
+        ({"search_space": {"log2_bounds": [1, 3]}}, "search_space.log2_bounds"),  # must contain the base HPs
+        ({"optimizer": {"population": 0}}, "optimizer.population"),
+        ({"optimizer": {"generations": -1}}, "optimizer.generations"),
+        ({"optimizer": {"name": "bayes"}}, "optimizer.name"),
+        ({"optimizer": {"name": "cma", "population": 1}}, "optimizer"),
+        ({"execution": {"parallel": 0}}, "execution.parallel"),
+        ({"execution": {"timeout_s": 0}}, "execution.timeout_s"),
+        ({"training": {"steps": 0}}, "training.steps"),
+        ({"optimizer": {"popsize": 4}}, "optimizer.popsize"),  # unknown keys are refused
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(sections, field):
+    assert field in error_fields(**sections)
+
+
+def test_an_absurd_budget_is_rejected():
+    with pytest.raises(ValidationError, match="above the limit"):
+        spec(optimizer={"population": 10_000, "generations": 100_000})
+
+
+def test_coordinates_cover_modules_times_hps_except_the_init_of_norm_gains():
+    names = spec(search_space={"hps": ["lr", "init_std"]}).search_space.coordinates(depth=2)
+    assert "module.attn_q.init_std" in names and "module.norm_attn.lr" in names
+    assert "module.norm_attn.init_std" not in names  # gains start at one whatever the init std
+    assert len(names) == len(MODULE_TYPES) + 8  # lr everywhere, init std for the 8 weight matrices
+
+
+def test_per_depth_and_residual_coordinates():
+    s = spec(
+        model={"depth": 3}, search_space={"modules": ["mlp_up"], "hps": ["lr"], "per_depth": True, "residual": True}
+    )
+    assert s.search_space.coordinates(depth=3) == [
+        "module.mlp_up.lr",
+        "depth.lr.0",
+        "depth.lr.1",
+        "depth.lr.2",
+        "residual.attn",
+        "residual.mlp",
+    ]
+    multipliers = s.multipliers([1.0, 0.1, 0.2, 0.3, -1.0, 0.5])
+    assert multipliers.module == {"mlp_up": {"lr": 1.0}}
+    assert multipliers.depth == {"lr": (0.1, 0.2, 0.3)}
+    assert multipliers.residual == {"attn": -1.0, "mlp": 0.5}
+
+
+def test_the_spec_is_a_training_config_with_its_own_shape_as_the_base_shape():
+    s = spec(model={"width": 32, "depth": 1, "head_dim": 16}, training={"steps": 5, "batch_size": 4})
+    config = s.train_config()
+    assert config.base_shape() == config.shape()
+    assert config.parameterisation.base_shape is not None
+
+
+def test_the_digest_ignores_key_order_but_not_values():
+    a = SearchSpec.model_validate({"name": "t", "optimizer": {"population": 4, "seed": 1}})
+    b = SearchSpec.model_validate({"optimizer": {"seed": 1, "population": 4}, "name": "t"})
+    c = SearchSpec.model_validate({"name": "t", "optimizer": {"population": 4, "seed": 2}})
+    assert a.digest() == b.digest() != c.digest()
