@@ -143,13 +143,16 @@ def fresh_database(kind: str, admin_url: str | None, folder: Path) -> Iterator[s
 # -- ours --------------------------------------------------------------------------------------------------------
 
 
-def run_search(engine: Engine, commands: Commands, spec: SearchSpec, sessions: sessionmaker[Session]) -> float:
-    """Seconds from creating the search to its completed status, driving the loop with ``Engine.turn``.
+def run_search(
+    engine: Engine, commands: Commands, spec: SearchSpec, sessions: sessionmaker[Session]
+) -> tuple[float, float]:
+    """Wall and CPU seconds from creating the search to its completed status, turning ``Engine.turn``.
 
     Each turn runs in this thread, as the engine's own thread would run it; the search's first ask (in the
-    turn that loads it) is timed, and so is every write the engine makes.
+    turn that loads it) is timed, and so is every write the engine makes. The CPU time is this process's
+    (all its threads, Ray's client threads included; not the Ray workers', nor PostgreSQL's).
     """
-    tick = time.perf_counter()
+    tick, cpu = time.perf_counter(), time.process_time()
     search_id = commands.create(spec).id
     seen = False
     while True:
@@ -158,7 +161,7 @@ def run_search(engine: Engine, commands: Commands, spec: SearchSpec, sessions: s
             seen = True
         elif seen:  # a runner is dropped once its last generation is told (or the search failed)
             break
-    elapsed = time.perf_counter() - tick
+    elapsed, cpu = time.perf_counter() - tick, time.process_time() - cpu
     with sessions() as session:
         status = session.get(Search, search_id).status
         succeeded = session.scalar(
@@ -167,7 +170,7 @@ def run_search(engine: Engine, commands: Commands, spec: SearchSpec, sessions: s
     expected = spec.optimizer.population * spec.optimizer.generations
     if status != "completed" or succeeded != expected:
         raise RuntimeError(f"search {search_id} ended {status} with {succeeded}/{expected} trials succeeded")
-    return elapsed
+    return elapsed, cpu
 
 
 def bench_engine(url: str, args: argparse.Namespace) -> dict:
@@ -181,8 +184,8 @@ def bench_engine(url: str, args: argparse.Namespace) -> dict:
     engine = Engine(sessions)
     engine.executor = RayExecutor(trial_fn=zero_cost_trial)
     commands = Commands(sessions, wake=engine.wake)
-    warmup_s = run_search(engine, commands, make_spec(args, generations=2), sessions)  # workers, imports, caches
-    times = [run_search(engine, commands, spec, sessions) for _ in range(args.repeats)]
+    warmup_s, _ = run_search(engine, commands, make_spec(args, generations=2), sessions)  # workers, imports
+    runs = [run_search(engine, commands, spec, sessions) for _ in range(args.repeats)]
     profile = None
     if args.profile:  # one more run, untimed
         profiler = cProfile.Profile()
@@ -191,14 +194,16 @@ def bench_engine(url: str, args: argparse.Namespace) -> dict:
         profiler.disable()
         profile = top_functions(profiler, args.profile_lines)
     db.dispose()
-    rates = [trials / t for t in times]
+    rates = [trials / wall for wall, _ in runs]
     result = {
         "trials": trials,
         "setup_s": setup_s,
         "warmup_search_s": warmup_s,
-        "seconds": times,
+        "seconds": [wall for wall, _ in runs],
+        "cpu_seconds": [cpu for _, cpu in runs],
         "trials_per_s": rates,
         "median_trials_per_s": statistics.median(rates),
+        "median_cpu_ms_per_trial": 1000 * statistics.median(cpu for _, cpu in runs) / trials,
     }
     if profile is not None:
         result["profile"] = profile
@@ -283,7 +288,7 @@ def bench_optuna(url: str, sampler_name: str, args: argparse.Namespace) -> dict:
     tick = time.perf_counter()
     storage = optuna.storages.RDBStorage(url)
     setup_s = time.perf_counter() - tick
-    times, splits = [], []
+    times, cpu_times, splits = [], [], []
     for repeat in range(args.optuna_repeats):
         if sampler_name == "cma":
             sampler = optuna.samplers.CmaEsSampler(seed=args.seed, popsize=args.population)
@@ -291,13 +296,14 @@ def bench_optuna(url: str, sampler_name: str, args: argparse.Namespace) -> dict:
             sampler = optuna.samplers.TPESampler(seed=args.seed)
         study = optuna.create_study(storage=storage, sampler=sampler, study_name=f"{sampler_name}-{repeat}")
         marks = []
-        tick = time.perf_counter()
+        tick, cpu = time.perf_counter(), time.process_time()
         for i in range(trials):
             trial = study.ask(distributions)
             study.tell(trial, math.fsum(v * v for v in trial.params.values()))
             if (i + 1) % args.population == 0:
                 marks.append(time.perf_counter())
         times.append(time.perf_counter() - tick)
+        cpu_times.append(time.process_time() - cpu)
         splits.append([args.population / (b - a) for a, b in zip([tick, *marks], marks, strict=False)])
     storage.engine.dispose()
     rates = [trials / t for t in times]
@@ -305,8 +311,10 @@ def bench_optuna(url: str, sampler_name: str, args: argparse.Namespace) -> dict:
         "trials": trials,
         "setup_s": setup_s,
         "seconds": times,
+        "cpu_seconds": cpu_times,
         "trials_per_s": rates,
         "median_trials_per_s": statistics.median(rates),
+        "median_cpu_ms_per_trial": 1000 * statistics.median(cpu_times) / trials,
         "first_and_last_generation_trials_per_s": [[split[0], split[-1]] for split in splits],
     }
 
@@ -403,7 +411,8 @@ def main() -> None:
             results["ours"][db] = ours
             print(
                 f"{db}: ours {ours['median_trials_per_s']:,.1f} trials/s "
-                f"({', '.join(f'{r:,.1f}' for r in ours['trials_per_s'])}); setup {ours['setup_s']:.2f} s, "
+                f"({', '.join(f'{r:,.1f}' for r in ours['trials_per_s'])}), "
+                f"{ours['median_cpu_ms_per_trial']:.2f} CPU ms/trial; setup {ours['setup_s']:.2f} s, "
                 f"warm-up search {ours['warmup_search_s']:.2f} s",
                 flush=True,
             )
@@ -414,13 +423,22 @@ def main() -> None:
                     theirs = bench_optuna(url, sampler, args)
                 results["optuna"].setdefault(db, {})[sampler] = theirs
                 print(
-                    f"{db}: Optuna {sampler} {theirs['median_trials_per_s']:,.1f} trials/s; "
+                    f"{db}: Optuna {sampler} {theirs['median_trials_per_s']:,.1f} trials/s "
+                    f"({', '.join(f'{r:,.1f}' for r in theirs['trials_per_s'])}), "
+                    f"{theirs['median_cpu_ms_per_trial']:.2f} CPU ms/trial; "
                     f"setup {theirs['setup_s']:.2f} s",
                     flush=True,
                 )
     ratios = {
         db: {
             sampler: results["ours"][db]["median_trials_per_s"] / theirs["median_trials_per_s"]
+            for sampler, theirs in results["optuna"].get(db, {}).items()
+        }
+        for db in databases
+    }
+    cpu_ratios = {
+        db: {
+            sampler: theirs["median_cpu_ms_per_trial"] / results["ours"][db]["median_cpu_ms_per_trial"]
             for sampler, theirs in results["optuna"].get(db, {}).items()
         }
         for db in databases
@@ -451,6 +469,7 @@ def main() -> None:
         "dispatch_floor": floor,
         **results,
         "ratio_ours_over_optuna": ratios,
+        "cpu_ratio_optuna_over_ours": cpu_ratios,
         "ms_per_trial": ms_per_trial,
         "total_s": time.perf_counter() - started,
     }
@@ -458,7 +477,15 @@ def main() -> None:
         part.pop("profile", None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: summary[k] for k in ("ratio_ours_over_optuna", "ms_per_trial", "total_s")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("ratio_ours_over_optuna", "cpu_ratio_optuna_over_ours", "ms_per_trial", "total_s")
+            },
+            indent=2,
+        )
+    )
     ray.shutdown()
 
 

@@ -1,0 +1,109 @@
+"""A real controller (`hpo serve`) in a subprocess for the tests: started on a free loopback port, stopped by pid.
+
+It runs in a session of its own, so that stopping it also stops the Ray processes it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Controller:
+    def __init__(self, db_url: str, log_path: Path) -> None:
+        self.db_url, self.log_path = db_url, log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120.0) -> Controller:
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hpo_service.cli", "serve", "--port", str(self.port), "--db", self.db_url],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the controller exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"the controller did not answer within {timeout_s} s")
+
+    def kill(self) -> None:
+        """SIGKILL the controller and everything in its session (its local Ray)."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown), then SIGKILL whatever is left."""
+        self._signal(signal.SIGTERM, grace_s=20)
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int, grace_s: float = 5.0) -> None:
+        if self.process is None:
+            return
+        session = self.process.pid
+        for pid in _session_members(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(grace_s)
+        deadline = time.monotonic() + grace_s
+        while _session_members(session) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def get(self, path: str, **params) -> dict:
+        response = httpx.get(f"{self.url}{path}", params=params, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, json: dict) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=json, timeout=30)
+
+    def wait_for(self, search_id: int, condition, timeout_s: float = 300.0, interval_s: float = 0.1) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            trials = self.get(f"/api/searches/{search_id}/trials", limit=5000)["trials"]
+            search = self.get(f"/api/searches/{search_id}")
+            if condition(search, trials):
+                return search
+            time.sleep(interval_s)
+        raise AssertionError(f"search {search_id} never met the condition; last state {search}")
+
+
+def _session_members(session: int) -> list[int]:
+    """Processes whose session id is ``session`` (the controller and the Ray processes it started)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    members.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return members
