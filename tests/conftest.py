@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
+import hpo_service.engine.executor  # noqa: F401  (before any test imports ray: keeps the local Ray on loopback)
 from hpo_service.store.database import database_url, make_engine, session_factory, upgrade
 
 POSTGRES = os.environ.get("HPO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

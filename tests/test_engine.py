@@ -156,3 +156,7 @@ def test_cancel_stops_running_trials_and_marks_the_rest_cancelled(sessions):
     engine.turn()
     assert not engine.executor.in_flight
     assert {t.status for t in trials_of(sessions, search.id)} == {"cancelled"}
+
+
+def test_the_local_ray_stays_on_loopback():
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}

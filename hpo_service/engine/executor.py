@@ -14,6 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+if not os.environ.get("RAY_ADDRESS"):
+    # A local Ray stays on loopback: with "clusters" off, Ray binds its node to 127.0.0.1, not the routable IP.
+    # Read when ray is imported, hence before the import.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
@@ -212,4 +217,4 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **options)
     else:
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **options)
+        ray.init(num_cpus=num_cpus, **options)
