@@ -160,3 +160,35 @@ def test_cancel_stops_running_trials_and_marks_the_rest_cancelled(sessions):
 
 def test_the_local_ray_stays_on_loopback():
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_progress_streams_back_while_a_trial_trains(sessions):
+    spec = tiny_spec(optimizer={"name": "trust_region", "population": 1, "generations": 1})  # the base HPs
+    search = Commands(sessions).create(spec)
+    engine = make_engine(sessions, trial_fns.reporting)
+
+    def running_with_points(session, _search) -> bool:
+        trial = session.scalar(select(Trial).where(Trial.search_id == search.id))
+        points = session.scalars(select(ProgressPoint).where(ProgressPoint.trial_id == trial.id)).all()
+        return trial.status == "running" and len(points) >= 2
+
+    run_until(engine, sessions, search.id, running_with_points, timeout_s=60)
+    run_until(engine, sessions, search.id, finished)
+    with sessions() as session:
+        steps = session.scalars(select(ProgressPoint.step).order_by(ProgressPoint.step)).all()
+    assert steps == [1]  # the final curve replaces the streamed one
+
+
+def test_replicates_train_each_candidate_with_several_seeds(sessions):
+    spec = tiny_spec(
+        training={"seed": 5}, optimizer={"name": "random", "population": 3, "generations": 1, "replicates": 2}
+    )
+    search = Commands(sessions).create(spec)
+    run_until(make_engine(sessions, trial_fns.synthetic), sessions, search.id, finished)
+    trials = trials_of(sessions, search.id)
+    assert [(t.index, t.replicate, t.seed) for t in sorted(trials, key=lambda t: (t.index, t.replicate))] == [
+        (i, r, 5 + r) for i in range(3) for r in range(2)
+    ]
+    for index in range(3):
+        pair = [t for t in trials if t.index == index]
+        assert pair[0].vector == pair[1].vector

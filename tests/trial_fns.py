@@ -47,3 +47,11 @@ def slow_real(payload: dict, report) -> dict:
     """The real trainer, after a pause that leaves time to pause or cancel the search."""
     time.sleep(1.0)
     return train_trial(payload, report)
+
+
+def reporting(payload: dict, report) -> dict:
+    """Reports a point every 0.4 s for 4 s, then succeeds: long enough for progress to stream back."""
+    for step in range(1, 11):
+        report(step, {"train_loss": 4.0 - step / 10})
+        time.sleep(0.4)
+    return synthetic(payload, report)
