@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint
 
 run: $(STAMP)
-	$(BIN)/hpo train examples/tiny.yaml
+	$(BIN)/hpo run examples/tiny.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from hpo_service import client
+from hpo_service.store.models import SEARCH_STATUSES
 from trainer.config import TrainConfig
 from trainer.hparams import Multipliers
 
@@ -63,11 +64,47 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     server_option(submit)
     submit.set_defaults(handler=client.submit)
 
+    listing = commands.add_parser("list", help="the searches, newest first")
+    listing.add_argument("--status", choices=SEARCH_STATUSES)
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true", help="print the API's JSON")
+    server_option(listing)
+    listing.set_defaults(handler=client.list_searches)
+
     status = commands.add_parser("status", help="a search's status, trial counts and best loss")
     status.add_argument("search_id", type=int)
     status.add_argument("--json", action="store_true", help="print the API's JSON")
     server_option(status)
     status.set_defaults(handler=client.status)
+
+    watch = commands.add_parser("watch", help="follow a search live until it ends")
+    watch.add_argument("search_id", type=int)
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
+    server_option(watch)
+    watch.set_defaults(handler=client.watch)
+
+    for name, what in (("pause", "let running trials finish, start no new ones"), ("resume", "carry on"),
+                       ("cancel", "stop the search and its running trials")):  # fmt: skip
+        control = commands.add_parser(name, help=f"{what}")
+        control.add_argument("search_id", type=int)
+        server_option(control)
+        control.set_defaults(handler=client.command)
+
+    export = commands.add_parser("export", help="the best per-module HPs, materialised for a target shape (JSON)")
+    export.add_argument("search_id", type=int)
+    export.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    export.add_argument("--width", type=int, help="target width (default: the proxy's)")
+    export.add_argument("--depth", type=int, help="target depth")
+    export.add_argument("--batch-size", type=int, help="target batch size in sequences")
+    export.add_argument("--tokens", type=int, help="target training tokens")
+    server_option(export)
+    export.set_defaults(handler=client.export)
+
+    run = commands.add_parser("run", help="start a local controller, submit SPEC and watch it; Ctrl-C stops")
+    run.add_argument("spec", type=Path)
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--db", help="database URL or SQLite file (default: $HPO_DATABASE_URL, else hpo.db)")
+    run.set_defaults(handler=_run)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -83,6 +120,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     uvicorn.run(_open_store(create_app, args.db), host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hpo_service.local_run import run_locally
+
+    spec = client.read_spec(args.spec)
+    return _open_store(lambda url: run_locally(spec, url, args.port), args.db)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
-from hpo_service.api import health, searches
+from hpo_service.api import health, meta, searches, trials
+from hpo_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from hpo_service.engine.commands import Commands
 from hpo_service.engine.engine import Engine
 from hpo_service.store.database import database_url, make_engine, session_factory, upgrade
 
 
-def create_app(db: str | None = None, *, run_engine: bool = True, migrate: bool = True) -> FastAPI:
+def create_app(
+    db: str | None = None,
+    *,
+    run_engine: bool = True,
+    migrate: bool = True,
+    api_token: str | None = None,
+    max_body_bytes: int | None = None,
+) -> FastAPI:
     """The app for the store at ``db`` (a URL or SQLite path; default ``HPO_DATABASE_URL`` or ``hpo.db``).
 
-    With ``run_engine`` the engine thread starts with the app and stops with it; ``migrate`` brings the
-    schema up to date first.
+    With ``run_engine`` the engine thread starts and stops with the app; ``migrate`` brings the schema up to
+    date first. ``api_token`` (default ``HPO_API_TOKEN``) guards the mutating endpoints; request bodies over
+    ``max_body_bytes`` (default ``HPO_MAX_BODY_BYTES``, else 1 MiB) are refused.
     """
     url = database_url(db)
     if migrate:
@@ -37,12 +48,27 @@ def create_app(db: str | None = None, *, run_engine: bool = True, migrate: bool 
 
     app = FastAPI(
         title="completedp-hpo",
-        summary="Evolutionary per-module HP search on Complete(d)P proxies.",
+        summary="Evolutionary per-module HP search on Complete(d)P proxies, transferred to the target shape.",
+        version=_version(),
         lifespan=lifespan,
     )
     app.state.sessions = sessions
     app.state.engine = engine
     app.state.commands = Commands(sessions, wake=engine.wake if engine is not None else lambda: None)
-    app.include_router(health.router)
-    app.include_router(searches.router)
+    app.state.api_token = api_token if api_token is not None else os.environ.get("HPO_API_TOKEN") or None
+    limit = max_body_bytes or int(os.environ.get("HPO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+    app.add_middleware(BodySizeLimit, max_bytes=limit)
+    for module in (health, meta, searches, trials):
+        app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
     return app
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("completedp-hpo")

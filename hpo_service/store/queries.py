@@ -1,44 +1,98 @@
-"""The reads the API makes, each one indexed query."""
+"""The reads the API and the dashboard make; each is one or two indexed queries, whatever the page size."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from collections.abc import Sequence
+from typing import Literal
+
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-from hpo_service.store.models import TRIAL_STATUSES, Generation, Search, Trial
+from hpo_service.store.models import FINAL_TRIAL_STATUSES, TRIAL_STATUSES, Generation, ProgressPoint, Search, Trial
+
+TrialOrder = Literal["asked", "loss"]
 
 
-def trial_counts(session: Session, search_id: int) -> dict[str, int]:
-    """Trials of the search by status, every status present (zeros included)."""
+def trial_counts(session: Session, search_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Trials of each search by status, every status present (zeros included)."""
+    counts = {search_id: dict.fromkeys(TRIAL_STATUSES, 0) for search_id in search_ids}
     rows = session.execute(
-        select(Trial.status, func.count()).where(Trial.search_id == search_id).group_by(Trial.status)
+        select(Trial.search_id, Trial.status, func.count())
+        .where(Trial.search_id.in_(search_ids))
+        .group_by(Trial.search_id, Trial.status)
     ).all()
-    return {status: 0 for status in TRIAL_STATUSES} | dict(rows)
+    for search_id, status, count in rows:
+        counts[search_id][status] = count
+    return counts
 
 
-def best_loss(session: Session, search_id: int) -> float | None:
+def best_losses(session: Session, search_ids: Sequence[int]) -> dict[int, float | None]:
     """The lowest loss of a trial that succeeded; diverged and failed trials never count."""
-    return session.scalar(select(func.min(Trial.loss)).where(Trial.search_id == search_id, Trial.status == "succeeded"))
+    rows = session.execute(
+        select(Trial.search_id, func.min(Trial.loss))
+        .where(Trial.search_id.in_(search_ids), Trial.status == "succeeded")
+        .group_by(Trial.search_id)
+    ).all()
+    return dict.fromkeys(search_ids, None) | dict(rows)
 
 
-def generations_completed(session: Session, search_id: int) -> int:
-    return session.scalar(
-        select(func.count()).where(Generation.search_id == search_id, Generation.status == "completed")
-    )
+def generations_completed(session: Session, search_ids: Sequence[int]) -> dict[int, int]:
+    rows = session.execute(
+        select(Generation.search_id, func.count())
+        .where(Generation.search_id.in_(search_ids), Generation.status == "completed")
+        .group_by(Generation.search_id)
+    ).all()
+    return dict.fromkeys(search_ids, 0) | dict(rows)
 
 
-def trials_page(session: Session, search_id: int, limit: int, offset: int) -> list[Trial]:
-    """Trials in the order they were asked: by generation, index within it, then replicate."""
+def searches_page(
+    session: Session, status: str | None, name: str | None, limit: int, offset: int
+) -> tuple[int, list[Search]]:
+    """Searches, newest first, optionally of one status and with ``name`` in their name."""
+    query = select(Search)
+    if status:
+        query = query.where(Search.status == status)
+    if name:
+        query = query.where(Search.name.contains(name, autoescape=True))
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    return total, list(session.scalars(query.order_by(Search.id.desc()).limit(limit).offset(offset)))
+
+
+def trials_page(
+    session: Session,
+    search_id: int,
+    limit: int,
+    offset: int,
+    generation: int | None = None,
+    status: str | None = None,
+    order: TrialOrder = "asked",
+) -> tuple[int, list[Trial]]:
+    """Trials in the order they were asked (generation, index, replicate), or by loss (unfinished last)."""
+    query: Select = select(Trial).where(Trial.search_id == search_id)
+    if generation is not None:
+        query = query.where(Trial.generation == generation)
+    if status:
+        query = query.where(Trial.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    asked = (Trial.generation, Trial.index, Trial.replicate)
+    ordering = (Trial.loss.is_(None), Trial.loss, *asked) if order == "loss" else asked
+    return total, list(session.scalars(query.order_by(*ordering).limit(limit).offset(offset)))
+
+
+def generations(session: Session, search_id: int) -> list[tuple[Generation, int, int]]:
+    """Each generation with its number of trials and of trials that ended."""
+    ended = func.sum(case((Trial.status.in_(FINAL_TRIAL_STATUSES), 1), else_=0))
+    rows = session.execute(
+        select(Generation, func.count(Trial.id), ended)
+        .join(Trial, (Trial.search_id == Generation.search_id) & (Trial.generation == Generation.number))
+        .where(Generation.search_id == search_id)
+        .group_by(Generation.id)
+        .order_by(Generation.number)
+    ).all()
+    return [(g, total, int(done or 0)) for g, total, done in rows]
+
+
+def curve(session: Session, trial_id: int) -> list[ProgressPoint]:
     return list(
-        session.scalars(
-            select(Trial)
-            .where(Trial.search_id == search_id)
-            .order_by(Trial.generation, Trial.index, Trial.replicate)
-            .limit(limit)
-            .offset(offset)
-        )
+        session.scalars(select(ProgressPoint).where(ProgressPoint.trial_id == trial_id).order_by(ProgressPoint.step))
     )
-
-
-def search_exists(session: Session, search_id: int) -> bool:
-    return session.get(Search, search_id) is not None
