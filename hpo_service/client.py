@@ -143,7 +143,7 @@ def watch(args: argparse.Namespace) -> int:
             for g in generations[shown_generations:]:
                 if g["status"] != "completed":
                     break
-                bar.write(_generation_line(g))
+                tqdm.write(_generation_line(g), file=sys.stdout)
                 shown_generations += 1
             if search["status"] in FINAL_STATUSES:
                 break

@@ -84,3 +84,67 @@ def test_commands_follow_the_search_status(client):
     assert client.post(f"/api/searches/{search_id}/resume").json()["status"] == "running"
     assert client.post(f"/api/searches/{search_id}/cancel").json()["status"] == "cancelled"
     assert client.post(f"/api/searches/{search_id}/pause").status_code == 409
+
+
+def test_a_yaml_body_is_accepted_as_the_spec(client):
+    body = (Path(__file__).resolve().parents[1] / "examples" / "tiny.yaml").read_bytes()
+    response = client.post("/api/searches", content=body, headers={"Content-Type": "application/yaml"})
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b'{"name": "x", ', "application/json", "malformed JSON"),
+        (b"name: [unclosed", "application/yaml", "malformed YAML"),
+        (b"[1, 2]", "application/json", "must be an object"),
+    ],
+)
+def test_malformed_bodies_are_a_422_saying_why(client, body, content_type, message):
+    response = client.post("/api/searches", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 422
+    assert message in response.json()["detail"][0]["msg"]
+    assert count_searches(client) == 0
+
+
+def test_a_10_mb_body_is_refused_unread(client):
+    huge = b'{"name": "' + b"x" * 10_000_000 + b'"}'
+    response = client.post("/api/searches", content=huge, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert count_searches(client) == 0
+
+
+def test_an_absurd_budget_is_a_422(client):
+    response = client.post("/api/searches", json={**TINY, "optimizer": {"population": 10_000, "generations": 100_000}})
+    assert response.status_code == 422 and "above the limit" in response.text
+    assert count_searches(client) == 0
+
+
+def test_the_model_family_lists_what_a_spec_may_name(client):
+    (family,) = client.get("/api/model-families").json()
+    assert "mlp_down" in family["module_types"] and "trust_region" in family["optimizers"]
+
+
+@pytest.fixture
+def guarded(db_url):
+    with TestClient(create_app(db_url, run_engine=False, api_token="s3cret-token")) as client:
+        yield client
+
+
+def test_with_a_token_set_mutations_need_it(guarded):
+    assert guarded.post("/api/searches", json=TINY).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert guarded.post("/api/searches", json=TINY, headers=wrong).status_code == 401
+    right = {"Authorization": "Bearer s3cret-token"}
+    created = guarded.post("/api/searches", json=TINY, headers=right)
+    assert created.status_code == 201
+    search_id = created.json()["id"]
+    assert guarded.post(f"/api/searches/{search_id}/pause").status_code == 401
+    assert guarded.post(f"/api/searches/{search_id}/pause", headers=right).status_code == 200
+    assert count_searches(guarded) == 1
+
+
+def test_with_a_token_set_reads_stay_open(guarded):
+    assert guarded.get("/api/searches").status_code == 200
+    assert guarded.get("/api/health").status_code == 200
+    assert guarded.get("/api/model-families").status_code == 200

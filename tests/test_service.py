@@ -1,47 +1,90 @@
-"""The user's path through the controller: `hpo serve`, `hpo submit`, `hpo status`, over real HTTP."""
+"""The user's whole story over real HTTP: serve, submit, watch, export for a bigger model, apply, train it."""
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 
+import jsonschema
+import torch
+import torch.nn.functional as F
 from sqlalchemy import func, select
 
 from hpo_service.store.database import database_url, make_engine, session_factory
 from hpo_service.store.models import ProgressPoint, Trial
 from tests.controller import ROOT, Controller
+from trainer import GPT, ModelConfig
+from trainer.data import load_corpus, sample_batch
+from trainer.transfer import EXPORT_SCHEMA, apply_export
 
 
-def hpo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpo_service.cli", *args], capture_output=True, text=True, cwd=ROOT)
+def hpo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hpo_service.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
 
 
-def test_serve_and_submit_run_the_example_search_to_completion(tmp_path):
+def test_submit_watch_export_apply_and_train_the_transferred_model(tmp_path):
     db = database_url(str(tmp_path / "hpo.db"))
     controller = Controller(db, tmp_path / "controller.log").start()
     try:
         submitted = hpo("submit", "examples/tiny.yaml", "--server", controller.url)
         assert submitted.returncode == 0, submitted.stderr
         search_id = int(submitted.stdout.strip().splitlines()[-1])
-        search = controller.wait_for(
-            search_id, lambda s, trials: s["status"] not in ("queued", "running"), timeout_s=300, interval_s=1
-        )
+        watched = hpo("watch", str(search_id), "--server", controller.url, "--interval", "0.5")
         status = hpo("status", str(search_id), "--server", controller.url)
+        listed = hpo("list", "--server", controller.url)
+        export_path = tmp_path / "best.json"
+        exported = hpo("export", str(search_id), "-o", str(export_path), "--width", "256", "--depth", "4",
+                       "--server", controller.url)  # fmt: skip
+        search = controller.get(f"/api/searches/{search_id}")
+        best_trial = controller.get(f"/api/searches/{search_id}/trials", sort="loss", limit=1)["trials"][0]
+        detail = controller.get(f"/api/searches/{search_id}/trials/{best_trial['id']}")
     finally:
         controller.stop()
 
-    assert search["status"] == "completed"
-    assert search["generations_completed"] == search["generations"] == 3
-    assert search["trials"]["succeeded"] == 18 and search["best_loss"] < 3.5
-    assert status.returncode == 0 and "completed" in status.stdout
+    # watch followed the search to its end, one line per generation, then the best candidates
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.count("generation ") == 3 and "completed" in watched.stdout
+    assert "completed" in status.stdout and "tiny-demo" in listed.stdout
+    assert search["generations_completed"] == 3 and search["trials"]["succeeded"] == 18
+    assert len(detail["curve"]) == 60 and detail["curve"][-1]["val_loss"] == best_trial["loss"]
+
+    # every trial ended with its curve in the store
     sessions = session_factory(make_engine(db))
     with sessions() as session:
         trials = session.scalars(select(Trial).where(Trial.search_id == search_id)).all()
-        assert {t.status for t in trials} == {"succeeded"}
         points = dict(
             session.execute(select(ProgressPoint.trial_id, func.count()).group_by(ProgressPoint.trial_id)).all()
         )
-    assert all(points.get(t.id, 0) == 60 for t in trials)  # every trial has its learning curve, a point a step
+    assert {t.status for t in trials} == {"succeeded"}
+    assert all(points.get(t.id) == 60 for t in trials)
+
+    # the export: valid, the best candidate, materialised for a 4x wider and 2x deeper target
+    assert exported.returncode == 0, exported.stderr
+    export = json.loads(export_path.read_text())
+    jsonschema.validate(export, json.loads(EXPORT_SCHEMA.read_text()))
+    assert export["loss"]["mean"] == search["best_loss"] == best_trial["loss"]
+    assert export["target"]["shape"]["width"] == 256 and export["target"]["shape"]["depth"] == 4
+    assert export["provenance"]["search_id"] == search_id
+
+    # apply it to a model of that shape and train it for a few steps: it learns, it does not diverge
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(width=256, depth=4, head_dim=16, seq_len=64))
+    optimizer = torch.optim.AdamW(apply_export(model, export_path))
+    corpus = load_corpus("builtin:python-stdlib", vocab_size=256, val_fraction=0.05)
+    losses = []
+    for step in range(8):
+        x, y = sample_batch(corpus.train, 16, 64, seed=0, step=step)
+        loss = F.cross_entropy(model(x).view(-1, 256), y.view(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
 
 
 def test_cli_errors_are_one_line(tmp_path):

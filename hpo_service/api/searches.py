@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from hpo_service.api.auth import require_token
-from hpo_service.api.deps import commands, db_session
+from hpo_service.api.deps import Offset, SearchId, commands, db_session
 from hpo_service.api.schemas import GenerationOut, Problem, SearchCreated, SearchPage, SearchSummary
 from hpo_service.engine.commands import CommandError, Commands, SearchNotFound
 from hpo_service.export import NoResult, build_export
@@ -87,7 +87,7 @@ def list_searches(
     status: Annotated[Literal[SEARCH_STATUSES] | None, Query(description="Only searches in this status.")] = None,  # type: ignore[valid-type]
     name: Annotated[str | None, Query(max_length=200, description="Only names containing this.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> SearchPage:
     """Searches, newest first."""
     total, searches = queries.searches_page(session, status, name, limit, offset)
@@ -95,13 +95,13 @@ def list_searches(
 
 
 @router.get("/{search_id}", response_model=SearchSummary, responses=NOT_FOUND)
-def get_search(search_id: int, session: SessionDep) -> SearchSummary:
+def get_search(search_id: SearchId, session: SessionDep) -> SearchSummary:
     """The search's status, its trials counted by status and the best loss so far."""
     return summaries(session, [search_or_404(session, search_id)])[0]
 
 
 @router.get("/{search_id}/generations", response_model=list[GenerationOut], responses=NOT_FOUND)
-def list_generations(search_id: int, session: SessionDep) -> list[GenerationOut]:
+def list_generations(search_id: SearchId, session: SessionDep) -> list[GenerationOut]:
     """Per generation: its trials, how many ended, best and median loss, diverged and failed counts."""
     search_or_404(session, search_id)
     return [
@@ -128,7 +128,7 @@ def list_generations(search_id: int, session: SessionDep) -> list[GenerationOut]
     responses={**NOT_FOUND, **AUTH, 409: {"model": Problem, "description": "Not possible in the search's status."}},
 )
 def command_search(
-    search_id: int, command: Literal["pause", "resume", "cancel"], commands: CommandsDep
+    search_id: SearchId, command: Literal["pause", "resume", "cancel"], commands: CommandsDep
 ) -> SearchCreated:
     """Pause (running trials finish, no new ones start), resume, or cancel (running trials are stopped)."""
     try:
@@ -149,7 +149,7 @@ def command_search(
     },
 )
 def export_search(
-    search_id: int,
+    search_id: SearchId,
     session: SessionDep,
     width: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     depth: Annotated[int | None, Query(ge=1, le=100_000)] = None,

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy.orm import Session
 
-from hpo_service.api.deps import db_session
+from hpo_service.api.deps import MAX_ID, Offset, SearchId, TrialId, db_session
 from hpo_service.api.schemas import CurvePoint, TrialDetail, TrialOut, TrialPage
 from hpo_service.api.searches import NOT_FOUND, search_or_404
 from hpo_service.store import queries
@@ -19,15 +19,15 @@ SessionDep = Annotated[Session, Depends(db_session)]
 
 @router.get("", response_model=TrialPage, responses=NOT_FOUND)
 def list_trials(
-    search_id: int,
+    search_id: SearchId,
     session: SessionDep,
-    generation: Annotated[int | None, Query(ge=0)] = None,
+    generation: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
     status: Annotated[Literal[TRIAL_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
     sort: Annotated[
         Literal["asked", "loss"], Query(description="asked: generation, index; loss: best first")
     ] = "asked",
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TrialPage:
     """The search's trials, in the order they were asked or best loss first."""
     search_or_404(session, search_id)
@@ -36,7 +36,7 @@ def list_trials(
 
 
 @router.get("/{trial_id}", response_model=TrialDetail, responses=NOT_FOUND)
-def get_trial(search_id: int, trial_id: int, session: SessionDep) -> TrialDetail:
+def get_trial(search_id: SearchId, trial_id: TrialId, session: SessionDep) -> TrialDetail:
     """One trial with its learning curve (streamed while it runs, complete once it has ended)."""
     trial = session.get(Trial, trial_id)
     if trial is None or trial.search_id != search_id:

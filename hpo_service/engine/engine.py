@@ -13,20 +13,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hpo_service.engine.executor import RayExecutor, Resources, ensure_ray
-from hpo_service.engine.records import record
+from hpo_service.engine.executor import Lost, RayExecutor, Resources, ensure_ray
+from hpo_service.engine.records import record_all
 from hpo_service.engine.runner import SearchRunner
 from hpo_service.store.database import transaction
-from hpo_service.store.models import ACTIVE_SEARCH_STATUSES, Search, Trial, utcnow
+from hpo_service.store.models import ACTIVE_SEARCH_STATUSES, ProgressPoint, Search, Trial, utcnow
 
 log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 0.25  # how often the engine looks for searches changed through the API, unless woken
 IDLE_WAIT_S = 0.5
+_NO_RUNNER = SimpleNamespace(may_have_pending=False)
 
 
 class Engine:
@@ -98,38 +100,38 @@ class Engine:
 
     def turn(self) -> None:
         assert self.executor is not None
-        woken = self._wake.is_set()
-        if woken or time.monotonic() - self._last_sync >= SYNC_INTERVAL_S:
+        if self._wake.is_set() or time.monotonic() - self._last_sync >= SYNC_INTERVAL_S:
             self._wake.clear()
             self._sync()
-        busy = bool(self.executor.in_flight)
-        events = self.executor.poll(wait_s=0.05 if busy else 0.0)
+        events = self.executor.poll(wait_s=0.05 if self.executor.in_flight else 0.0)
         if events:
             with transaction(self.sessions) as session:
-                for event in events:
-                    record(session, event)
+                record_all(session, events)
         touched = {self.owner[e.trial_id] for e in events if e.trial_id in self.owner}
         for event in events:
+            if isinstance(event, Lost) and event.trial_id in self.owner:
+                self.runners.get(self.owner[event.trial_id], _NO_RUNNER).may_have_pending = True
             if not self.executor.tracks(event.trial_id):
                 self.owner.pop(event.trial_id, None)
         for search_id in list(self.runners):
             if search_id in touched or self._in_flight(search_id) == 0:
                 self._step(search_id)
-        if not events and not busy:
+        if not events and not self.executor.in_flight:
             self._wake.wait(IDLE_WAIT_S)
 
     def _step(self, search_id: int) -> None:
-        """End the runner's generation if it is complete, then fill its free slots."""
+        """End the runner's generation if it can have ended, then fill its free slots."""
         runner = self.runners[search_id]
         try:
-            with transaction(self.sessions) as session:
-                runner.advance(session)
-            if runner.finished:
-                self.runners.pop(search_id)
-                return
-            if search_id in self.paused:
-                return
+            if self._in_flight(search_id) == 0:  # a trial in flight belongs to the current generation
+                with transaction(self.sessions) as session:
+                    runner.advance(session)
+                if runner.finished:
+                    self.runners.pop(search_id)
+                    return
             free = runner.spec.execution.parallel - self._in_flight(search_id)
+            if search_id in self.paused or free <= 0 or not runner.may_have_pending:
+                return
             with transaction(self.sessions) as session:
                 dispatches = runner.pending(session, free)
             execution = runner.spec.execution
@@ -208,10 +210,12 @@ class Engine:
 
 
 def _requeue(session: Session, trial_ids: list[int]) -> None:
-    """Running trials whose controller stopped become pending again; the interrupted attempt is not counted."""
+    """Running trials whose controller stopped become pending again, their partial curves dropped; the
+    interrupted attempt is not counted against the retries."""
     if trial_ids:
         session.execute(
             update(Trial)
             .where(Trial.id.in_(trial_ids), Trial.status == "running")
             .values(status="pending", attempts=Trial.attempts - 1, started_at=None)
         )
+        session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id.in_(trial_ids)))

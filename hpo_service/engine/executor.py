@@ -25,6 +25,7 @@ from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 TrialFn = Callable[[dict, Callable[[int, dict[str, float]], None]], dict]
 PROGRESS_INTERVAL_S = 1.0  # a worker sends its progress at most this often
 DRAIN_INTERVAL_S = 0.5  # the engine collects progress at most this often
+BATCH_GRACE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Finished:
     result: dict  # trainer.TrialResult.to_dict()
     node: str | None = None
     worker: str | None = None
+    streamed: bool = False  # progress points of this attempt were reported, and the full curve replaces them
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class _InFlight:
     ref: ray.ObjectRef
     resources: Resources
     started: float | None = None  # monotonic time the worker began (queueing for resources is not timed)
+    streamed: bool = False
 
 
 @dataclass
@@ -132,11 +135,14 @@ class RayExecutor:
 
     def __post_init__(self) -> None:
         self.inbox = ProgressInbox.remote()
+        self._trial_fn_ref = ray.put(self.trial_fn)  # serialised once, not with every trial
+        self._tasks: dict[tuple[float, float], Any] = {}
 
     def submit(self, trial_id: int, payload: dict, resources: Resources) -> None:
-        ref = _remote_trial.options(num_cpus=resources.cpus, num_gpus=resources.gpus).remote(
-            self.trial_fn, trial_id, payload, self.inbox
-        )
+        key = (resources.cpus, resources.gpus)
+        if key not in self._tasks:
+            self._tasks[key] = _remote_trial.options(num_cpus=resources.cpus, num_gpus=resources.gpus)
+        ref = self._tasks[key].remote(self._trial_fn_ref, trial_id, payload, self.inbox)
         self.in_flight[trial_id] = _InFlight(ref, resources)
 
     def tracks(self, trial_id: int) -> bool:
@@ -157,8 +163,8 @@ class RayExecutor:
         refs = {flight.ref: trial_id for trial_id, flight in self.in_flight.items()}
         if refs:
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=wait_s)
-            if ready:
-                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            if ready:  # a short grace lets results that arrive together be written together
+                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=BATCH_GRACE_S)
             for ref in ready:
                 events.append(self._outcome(refs[ref], ref))
         elif wait_s:
@@ -167,10 +173,10 @@ class RayExecutor:
         return events
 
     def _outcome(self, trial_id: int, ref: ray.ObjectRef) -> Event:
-        del self.in_flight[trial_id]
+        streamed = self.in_flight.pop(trial_id).streamed
         try:
             result, node, worker = ray.get(ref)
-            return Finished(trial_id, result, node, worker)
+            return Finished(trial_id, result, node, worker, streamed)
         except RayTaskError as exc:  # the trial's own code raised: deterministic, not worth a retry
             cause = exc.cause if exc.cause is not None else exc
             return Finished(trial_id, {"status": "failed", "reason": f"{type(cause).__name__}: {cause}"})
@@ -190,6 +196,7 @@ class RayExecutor:
                 self.in_flight[trial_id].started = time.monotonic()
                 events.append(Started(trial_id, node=rest[0], worker=rest[1]))
             else:
+                self.in_flight[trial_id].streamed = True
                 events.append(Progress(trial_id, rest[0]))
         return events
 

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from hpo_service.engine.optimizers import build_optimizer, penalty
@@ -23,11 +23,11 @@ from hpo_service.store.models import (
     FINAL_TRIAL_STATUSES,
     Generation,
     OptimizerState,
-    ProgressPoint,
     Search,
     Trial,
     utcnow,
 )
+from trainer.config import TrainConfig
 from trainer.hparams import BLOCK_MODULE_TYPES, HP_NAMES, Multipliers, materialise
 
 
@@ -46,8 +46,10 @@ class SearchRunner:
     def __init__(self, search_id: int, spec: SearchSpec, optimizer: Any, candidates: list, generation: int) -> None:
         self.search_id, self.spec = search_id, spec
         self.optimizer, self.candidates, self.generation = optimizer, candidates, generation
-        self.config = spec.train_config().model_dump(mode="json")
+        self.train_config = spec.train_config()
+        self.config = self.train_config.model_dump(mode="json")
         self.finished = False  # set when the last generation has been told
+        self.may_have_pending = True  # False once a dispatch found fewer pending trials than free slots
 
     @classmethod
     def load(cls, session: Session, search: Search) -> SearchRunner:
@@ -67,8 +69,6 @@ class SearchRunner:
 
     def pending(self, session: Session, limit: int) -> list[Dispatch]:
         """Up to ``limit`` pending trials of the current generation, marked running (the caller submits them)."""
-        if limit <= 0:
-            return []
         rows = session.scalars(
             select(Trial)
             .where(Trial.search_id == self.search_id, Trial.generation == self.generation, Trial.status == "pending")
@@ -78,8 +78,7 @@ class SearchRunner:
         now = utcnow()
         for row in rows:
             row.status, row.attempts, row.started_at, row.error = "running", row.attempts + 1, now, None
-        if rows:  # the curve of an interrupted earlier attempt starts over
-            session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id.in_([row.id for row in rows])))
+        self.may_have_pending = len(rows) == limit
         return [Dispatch(row.id, self.search_id, self._payload(row)) for row in rows]
 
     def _payload(self, row: Trial) -> dict:
@@ -146,25 +145,30 @@ class SearchRunner:
         """Ask a population, and persist it with the optimizer's snapshot in the caller's transaction."""
         self.candidates = [self.optimizer.ask() for _ in range(self.spec.optimizer.population)]
         self.generation = generation
+        self.may_have_pending = True
         session.add(Generation(search_id=self.search_id, number=generation))
-        base_seed = self.spec.training.seed
+        rows = []
         for index, candidate in enumerate(self.candidates):
             vector = [float(v) for v in candidate.value]
             multipliers = self.spec.multipliers(vector)
-            hps = materialised_at_base(self.spec, multipliers)
+            hps = materialised_at_base(self.train_config, multipliers, self.spec.search_space.per_depth)
             for replicate in range(self.spec.optimizer.replicates):
-                session.add(
-                    Trial(
-                        search_id=self.search_id,
-                        generation=generation,
-                        index=index,
-                        replicate=replicate,
-                        seed=base_seed + replicate,
-                        vector=vector,
-                        multipliers=multipliers.to_dict(),
-                        hps=hps,
-                    )
+                rows.append(
+                    {
+                        "search_id": self.search_id,
+                        "generation": generation,
+                        "index": index,
+                        "replicate": replicate,
+                        "seed": self.spec.training.seed + replicate,
+                        "status": "pending",
+                        "attempts": 0,
+                        "vector": vector,
+                        "multipliers": multipliers.to_dict(),
+                        "hps": hps,
+                        "created_at": utcnow(),
+                    }
                 )
+        session.execute(insert(Trial), rows)
         try:
             snapshot = pickle.dumps((self.optimizer, self.candidates), protocol=pickle.HIGHEST_PROTOCOL)
         except (TypeError, pickle.PicklingError) as exc:  # e.g. NGOpt choosing a thread-based recast optimizer
@@ -173,16 +177,15 @@ class SearchRunner:
                 f"the state of optimizer {self.spec.optimizer.name!r} ({chosen}) cannot be saved, so the search "
                 f"could not resume after a restart; choose another optimizer ({exc})"
             ) from exc
-        state = session.get(OptimizerState, self.search_id)
-        if state is None:
-            state = OptimizerState(search_id=self.search_id, optimizer=self.spec.optimizer.name)
-            session.add(state)
-        state.generation, state.state, state.updated_at = generation, snapshot, utcnow()
+        values = {"generation": generation, "state": snapshot, "updated_at": utcnow()}
+        if generation == 0:
+            session.add(OptimizerState(search_id=self.search_id, optimizer=self.spec.optimizer.name, **values))
+        else:  # an UPDATE, without reading back the old snapshot
+            session.execute(update(OptimizerState).where(OptimizerState.search_id == self.search_id).values(**values))
 
 
-def materialised_at_base(spec: SearchSpec, multipliers: Multipliers) -> dict[str, dict[str, float]]:
+def materialised_at_base(config: TrainConfig, multipliers: Multipliers, per_depth: bool) -> dict[str, dict]:
     """The values a trial trains with, per module type (per ``type.layer`` when the search is per-depth)."""
-    config = spec.train_config()
     hps = materialise(
         config.base_hps.to_base_hps(),
         multipliers,
@@ -192,10 +195,10 @@ def materialised_at_base(spec: SearchSpec, multipliers: Multipliers) -> dict[str
     )
     values: dict[str, dict[str, float]] = {}
     for group in hps.groups:
-        if group.layer not in (None, 0) and not spec.search_space.per_depth:
+        if group.layer not in (None, 0) and not per_depth:
             continue
         key = group.module_type
-        if spec.search_space.per_depth and group.module_type in BLOCK_MODULE_TYPES:
+        if per_depth and group.module_type in BLOCK_MODULE_TYPES:
             key = f"{group.module_type}.{group.layer}"
         values[key] = {hp: getattr(group, hp) for hp in HP_NAMES}
     values["forward"] = {"residual_attn": hps.residual_attn, "residual_mlp": hps.residual_mlp, "logit": hps.logit}
