@@ -31,8 +31,8 @@ def run_locally(spec: dict, db: str | None, port: int) -> int:
         model = spec.get("model", {})
         wider, deeper = 4 * model.get("width", 64), 2 * model.get("depth", 2)
         print(f"export for a 4x wider, 2x deeper model: hpo export {search_id} --server {url} -o best.json "
-              f"--width {wider} --depth {deeper}")  # fmt: skip
-        print("the controller keeps serving (dashboard and export) until Ctrl-C")
+              f"--width {wider} --depth {deeper}", flush=True)  # fmt: skip
+        print("the controller keeps serving (dashboard and export) until Ctrl-C", flush=True)
         thread.join()
         return code
     except KeyboardInterrupt:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 
+import httpx
 import jsonschema
 import torch
 import torch.nn.functional as F
@@ -14,7 +18,7 @@ from sqlalchemy import func, select
 
 from hpo_service.store.database import database_url, make_engine, session_factory
 from hpo_service.store.models import ProgressPoint, Trial
-from tests.controller import ROOT, Controller
+from tests.controller import ROOT, Controller, free_port
 from trainer import GPT, ModelConfig
 from trainer.data import load_corpus, sample_batch
 from trainer.transfer import EXPORT_SCHEMA, apply_export
@@ -94,3 +98,39 @@ def test_cli_errors_are_one_line(tmp_path):
     assert len(unreachable.stderr.strip().splitlines()) == 1
     missing = hpo("submit", str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_hpo_run_serves_runs_the_spec_and_stops_on_ctrl_c(tmp_path):
+    spec = tmp_path / "small.yaml"
+    spec.write_text(
+        "name: small\n"
+        "model: {width: 32, depth: 1, head_dim: 16, seq_len: 32}\n"
+        "training: {batch_size: 4, steps: 10, device: cpu}\n"
+        "search_space: {modules: [mlp_up, unembedding], hps: [lr]}\n"
+        "optimizer: {name: cma, population: 2, generations: 1}\n"
+    )
+    port = free_port()
+    command = ["run", str(spec), "--port", str(port), "--db", str(tmp_path / "h.db")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo_service.cli", *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("export for a 4x wider"):
+                break
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{port}" in output and "generation   0" in output
+        assert "--width 128 --depth 2" in output
+        assert httpx.get(f"http://127.0.0.1:{port}/api/searches/1").json()["status"] == "completed"
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ from trainer.hparams import BaseHPs, MaterialisedHPs, Multipliers, apply_to_mode
 from trainer.model import GPT, MODULE_TYPES, ModelConfig
 from trainer.parameterisation import Parameterisation, Shape
 from trainer.train import TrialResult, run_trial
+from trainer.transfer import apply_export, load_export
 
 __all__ = [
     "GPT",
@@ -17,7 +18,9 @@ __all__ = [
     "Shape",
     "TrainConfig",
     "TrialResult",
+    "apply_export",
     "apply_to_model",
+    "load_export",
     "materialise",
     "run_trial",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,7 +98,13 @@ class ProgressInbox:
         return messages
 
 
-def _run_on_worker(trial_fn: TrialFn, trial_id: int, payload: dict, inbox: Any) -> tuple[dict, str, str]:
+_inboxes: dict[str, Any] = {}  # per worker process: the inbox handles it has looked up
+
+
+def _run_on_worker(trial_fn: TrialFn, trial_id: int, payload: dict, inbox_name: str) -> tuple[dict, str, str]:
+    if inbox_name not in _inboxes:  # a name travels with each task more cheaply than an actor handle
+        _inboxes[inbox_name] = ray.get_actor(inbox_name)
+    inbox = _inboxes[inbox_name]
     node, worker = ray.get_runtime_context().get_node_id(), f"{socket.gethostname()}:{os.getpid()}"
     inbox.push.remote(("started", trial_id, node, worker))
     buffered: list[tuple[int, dict[str, float]]] = []
@@ -134,15 +141,15 @@ class RayExecutor:
     last_drain: float = 0.0
 
     def __post_init__(self) -> None:
-        self.inbox = ProgressInbox.remote()
-        self._trial_fn_ref = ray.put(self.trial_fn)  # serialised once, not with every trial
+        self.inbox_name = f"hpo-progress-{uuid.uuid4().hex}"
+        self.inbox = ProgressInbox.options(name=self.inbox_name).remote()
         self._tasks: dict[tuple[float, float], Any] = {}
 
     def submit(self, trial_id: int, payload: dict, resources: Resources) -> None:
         key = (resources.cpus, resources.gpus)
         if key not in self._tasks:
             self._tasks[key] = _remote_trial.options(num_cpus=resources.cpus, num_gpus=resources.gpus)
-        ref = self._tasks[key].remote(self._trial_fn_ref, trial_id, payload, self.inbox)
+        ref = self._tasks[key].remote(self.trial_fn, trial_id, payload, self.inbox_name)
         self.in_flight[trial_id] = _InFlight(ref, resources)
 
     def tracks(self, trial_id: int) -> bool:
