@@ -25,6 +25,16 @@ class CLIError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (CLIError, client.ClientError) as exc:
+        print(f"hpo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `hpo` command line; each subcommand sets ``handler``."""
     parser = argparse.ArgumentParser(prog="hpo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_service_commands(commands)
@@ -41,12 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--multipliers", type=Path, help="YAML/JSON of per-module log2 multipliers")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(handler=_train)
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (CLIError, client.ClientError) as exc:
-        print(f"hpo: error: {exc}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _add_service_commands(commands: argparse._SubParsersAction) -> None:

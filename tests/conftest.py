@@ -67,7 +67,8 @@ def sessions(db_url: str):
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that uses a database runs once per backend."""
     if "fresh_database" in metafunc.fixturenames:
-        metafunc.parametrize("fresh_database", BACKENDS, indirect=True)
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("fresh_database", marker.args if marker else BACKENDS, indirect=True)
 
 
 @pytest.fixture(scope="session")

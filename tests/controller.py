@@ -26,8 +26,8 @@ def free_port() -> int:
 
 
 class Controller:
-    def __init__(self, db_url: str, log_path: Path) -> None:
-        self.db_url, self.log_path = db_url, log_path
+    def __init__(self, db_url: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.db_url, self.log_path, self.env = db_url, log_path, env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -40,7 +40,7 @@ class Controller:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+            env={**os.environ, "RAY_DEDUP_LOGS": "0", **self.env},
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -94,6 +94,16 @@ class Controller:
                 return search
             time.sleep(interval_s)
         raise AssertionError(f"search {search_id} never met the condition; last state {search}")
+
+
+def stop_session(session: int, sig: int = signal.SIGKILL, grace_s: float = 10.0) -> None:
+    """Signal every process of a session (one started with ``start_new_session``) and wait for them to go."""
+    for pid in _session_members(session):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + grace_s
+    while _session_members(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _session_members(session: int) -> list[int]:

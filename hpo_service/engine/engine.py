@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
+from ray.exceptions import RayError
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -83,6 +84,10 @@ class Engine:
                 log.warning("engine: database error, rebuilding from the store: %s", str(exc).splitlines()[0])
                 self.runners.clear()
                 time.sleep(1.0)
+            except Exception:  # e.g. the cluster lost a node mid-call: the store still knows where things stand
+                log.exception("engine: unexpected error; rebuilding the runners from the store")
+                self.runners.clear()
+                time.sleep(1.0)
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -139,7 +144,7 @@ class Engine:
             for dispatch in dispatches:
                 self.executor.submit(dispatch.trial_id, dispatch.payload, resources)
                 self.owner[dispatch.trial_id] = search_id
-        except DBAPIError:
+        except (DBAPIError, RayError):  # the store or the cluster, not the search: rebuild and carry on
             raise
         except Exception as exc:
             log.exception("engine: search %d failed", search_id)

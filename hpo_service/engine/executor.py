@@ -7,6 +7,7 @@ what happened, as events; deciding what they mean (retry, fail, tell) is the eng
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -22,6 +23,9 @@ if not os.environ.get("RAY_ADDRESS"):
 
 import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+log = logging.getLogger(__name__)
 
 TrialFn = Callable[[dict, Callable[[int, dict[str, float]], None]], dict]
 PROGRESS_INTERVAL_S = 1.0  # a worker sends its progress at most this often
@@ -102,11 +106,8 @@ _inboxes: dict[str, Any] = {}  # per worker process: the inbox handles it has lo
 
 
 def _run_on_worker(trial_fn: TrialFn, trial_id: int, payload: dict, inbox_name: str) -> tuple[dict, str, str]:
-    if inbox_name not in _inboxes:  # a name travels with each task more cheaply than an actor handle
-        _inboxes[inbox_name] = ray.get_actor(inbox_name)
-    inbox = _inboxes[inbox_name]
     node, worker = ray.get_runtime_context().get_node_id(), f"{socket.gethostname()}:{os.getpid()}"
-    inbox.push.remote(("started", trial_id, node, worker))
+    _send(inbox_name, ("started", trial_id, node, worker))
     buffered: list[tuple[int, dict[str, float]]] = []
     last_sent = time.monotonic()
 
@@ -114,11 +115,21 @@ def _run_on_worker(trial_fn: TrialFn, trial_id: int, payload: dict, inbox_name: 
         nonlocal last_sent
         buffered.append((step, dict(metrics)))
         if time.monotonic() - last_sent >= PROGRESS_INTERVAL_S:
-            inbox.push.remote(("progress", trial_id, buffered.copy()))
+            _send(inbox_name, ("progress", trial_id, buffered.copy()))
             buffered.clear()
             last_sent = time.monotonic()
 
     return trial_fn(payload, report), node, worker  # the final curves come with the result: no flush
+
+
+def _send(inbox_name: str, message: tuple) -> None:
+    """Best effort: live progress is a convenience, and losing the inbox must never fail a trial."""
+    try:
+        if inbox_name not in _inboxes:  # a name travels with each task more cheaply than an actor handle
+            _inboxes[inbox_name] = ray.get_actor(inbox_name)
+        _inboxes[inbox_name].push.remote(message)
+    except (ValueError, RayError):
+        _inboxes.pop(inbox_name, None)
 
 
 _remote_trial = ray.remote(max_retries=0)(_run_on_worker)
@@ -141,9 +152,15 @@ class RayExecutor:
     last_drain: float = 0.0
 
     def __post_init__(self) -> None:
-        self.inbox_name = f"hpo-progress-{uuid.uuid4().hex}"
-        self.inbox = ProgressInbox.options(name=self.inbox_name).remote()
+        self._open_inbox()
         self._tasks: dict[tuple[float, float], Any] = {}
+
+    def _open_inbox(self) -> None:
+        """The inbox lives on the controller's own node (the head, for a Ray client): the node most likely to
+        stay up; trials look it up by name."""
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.inbox_name = f"hpo-progress-{uuid.uuid4().hex}"
+        self.inbox = ProgressInbox.options(name=self.inbox_name, scheduling_strategy=here).remote()
 
     def submit(self, trial_id: int, payload: dict, resources: Resources) -> None:
         key = (resources.cpus, resources.gpus)
@@ -195,7 +212,13 @@ class RayExecutor:
     def _drain(self) -> list[Event]:
         self.last_drain = time.monotonic()
         events: list[Event] = []
-        for message in ray.get(self.inbox.drain.remote()):
+        try:
+            messages = ray.get(self.inbox.drain.remote(), timeout=10)
+        except RayError:  # the inbox's node was lost: open a new one (running trials stream to it no more)
+            log.warning("executor: the progress inbox was lost; opening a new one")
+            self._open_inbox()
+            return events
+        for message in messages:
             kind, trial_id, *rest = message
             if trial_id not in self.in_flight:
                 continue  # a late message of a trial already finished or cancelled
@@ -223,12 +246,19 @@ class RayExecutor:
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster at ``RAY_ADDRESS``, or start a local Ray on loopback, unless Ray is already up."""
+    """Join the cluster at ``RAY_ADDRESS``, or start a local Ray on loopback, unless Ray is already up.
+
+    Without ``RAY_ADDRESS`` a new local Ray is always started: ``ray.init()`` alone would join whatever
+    cluster ``ray start`` last started on this machine, even one long dead.
+    """
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("ray://"):  # Ray client: the controller is not a node of the cluster
+        ray.init(address=address, namespace="hpo")
+        return
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "namespace": "hpo"}
     if address:
         ray.init(address=address, **options)
     else:
-        ray.init(num_cpus=num_cpus, **options)
+        ray.init(address="local", num_cpus=num_cpus, **options)
