@@ -1,4 +1,5 @@
-"""The controller's web application: the API, with the engine running beside it in the same process."""
+"""The controller's web application: the API and the dashboard, with the engine running beside it in the same
+process."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
 
+from hpo_service import dashboard
 from hpo_service.api import health, meta, searches, trials
 from hpo_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from hpo_service.engine.commands import Commands
@@ -60,11 +61,7 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=limit)
     for module in (health, meta, searches, trials):
         app.include_router(module.router)
-
-    @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    dashboard.install(app)
     return app
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Row, Select, case, func, select
 from sqlalchemy.orm import Session
 
 from hpo_service.store.models import FINAL_TRIAL_STATUSES, TRIAL_STATUSES, Generation, ProgressPoint, Search, Trial
 
 TrialOrder = Literal["asked", "loss"]
+EVALUATED_STATUSES = ("succeeded", "diverged", "failed")  # trials whose outcome the optimizer was told
 
 
 def trial_counts(session: Session, search_ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -96,3 +97,72 @@ def curve(session: Session, trial_id: int) -> list[ProgressPoint]:
     return list(
         session.scalars(select(ProgressPoint).where(ProgressPoint.trial_id == trial_id).order_by(ProgressPoint.step))
     )
+
+
+def evaluations(session: Session, search_id: int) -> list[Row]:
+    """The search's evaluated trials in the order they ended: ``id, generation, status, loss`` each."""
+    return list(
+        session.execute(
+            select(Trial.id, Trial.generation, Trial.status, Trial.loss)
+            .where(Trial.search_id == search_id, Trial.status.in_(EVALUATED_STATUSES))
+            .order_by(Trial.finished_at, Trial.id)
+        ).all()
+    )
+
+
+def ranked_trials(session: Session, search_id: int, limit: int | None = None) -> list[Row]:
+    """``id, generation, index, replicate, loss`` of the trials that succeeded, lowest loss first."""
+    return list(
+        session.execute(
+            select(Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss)
+            .where(Trial.search_id == search_id, Trial.status == "succeeded")
+            .order_by(Trial.loss, Trial.id)
+            .limit(limit)
+        ).all()
+    )
+
+
+def best_candidates(session: Session, search_id: int, replicates: int, limit: int) -> list[Row]:
+    """Candidates whose replicates all succeeded, lowest mean loss first (the export's ranking):
+    ``generation, index, loss`` (the mean) and ``trial_id`` (a replicate's, for the shared vector)."""
+    mean = func.avg(Trial.loss)
+    return list(
+        session.execute(
+            select(Trial.generation, Trial.index, mean.label("loss"), func.min(Trial.id).label("trial_id"))
+            .where(Trial.search_id == search_id, Trial.status == "succeeded")
+            .group_by(Trial.generation, Trial.index)
+            .having(func.count() == replicates)
+            .order_by(mean, Trial.generation, Trial.index)
+            .limit(limit)
+        ).all()
+    )
+
+
+def vectors(session: Session, trial_ids: Sequence[int]) -> dict[int, list[float]]:
+    """The optimizer's coordinates of each of ``trial_ids``."""
+    return dict(session.execute(select(Trial.id, Trial.vector).where(Trial.id.in_(trial_ids))).all())
+
+
+def running_trials(session: Session, search_id: int, limit: int) -> list[Row]:
+    """``id, generation, index, replicate, loss`` (none yet) of the search's running trials, oldest first."""
+    return list(
+        session.execute(
+            select(Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss)
+            .where(Trial.search_id == search_id, Trial.status == "running")
+            .order_by(Trial.id)
+            .limit(limit)
+        ).all()
+    )
+
+
+def curves(session: Session, trial_ids: Sequence[int]) -> dict[int, list[Row]]:
+    """The learning curve (``step, train_loss, val_loss`` points, by step) of each of ``trial_ids``."""
+    result: dict[int, list[Row]] = {trial_id: [] for trial_id in trial_ids}
+    rows = session.execute(
+        select(ProgressPoint.trial_id, ProgressPoint.step, ProgressPoint.train_loss, ProgressPoint.val_loss)
+        .where(ProgressPoint.trial_id.in_(trial_ids))
+        .order_by(ProgressPoint.trial_id, ProgressPoint.step)
+    ).all()
+    for row in rows:
+        result[row.trial_id].append(row)
+    return result

@@ -1,0 +1,97 @@
+"""The evaluated trials of a search, aggregated for two charts: the best loss so far against evaluations, and
+the population of each generation (diverged and failed trials apart, since they have no loss)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from hpo_service.dashboard.sampling import envelope, evenly
+from hpo_service.dashboard.schemas import GenerationStats, LossPoints, Marks, Outcomes
+from hpo_service.store import queries
+
+MAX_EVALUATED = 1000  # points of the loss-against-evaluations scatter
+MAX_POPULATION = 1500  # population points; as many diverged and as many failed marks
+
+
+@dataclass
+class _Generation:
+    succeeded: list[tuple[float, int]] = field(default_factory=list)  # (loss, trial id)
+    diverged: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
+def outcomes(session: Session, search_id: int) -> Outcomes:
+    rows = queries.evaluations(session, search_id)
+    best_so_far, evaluated = LossPoints(), []
+    best = math.inf
+    generations: dict[int, _Generation] = {}
+    for number, row in enumerate(rows, start=1):
+        generation = generations.setdefault(row.generation, _Generation())
+        if row.status != "succeeded":
+            getattr(generation, row.status).append(row.id)
+            continue
+        generation.succeeded.append((row.loss, row.id))
+        evaluated.append((number, row.loss, row.id))
+        if row.loss < best:
+            best = row.loss
+            _append(best_so_far, number, row.loss, row.id)
+    shown = LossPoints()
+    for i in envelope([loss for _, loss, _ in evaluated], MAX_EVALUATED // 2):
+        _append(shown, *evaluated[i])
+    population, diverged, failed, stats = _population(generations)
+    return Outcomes(
+        evaluations=len(rows),
+        best_so_far=best_so_far,
+        evaluated=shown,
+        population=population,
+        diverged=diverged,
+        failed=failed,
+        generations=stats,
+        sampled=len(shown.x) < len(evaluated)
+        or len(population.x) < sum(len(g.succeeded) for g in generations.values())
+        or len(diverged.trial_id) < diverged.count
+        or len(failed.trial_id) < failed.count,
+    )
+
+
+def _population(generations: dict[int, _Generation]) -> tuple[LossPoints, Marks, Marks, GenerationStats]:
+    """Each generation's losses spread by rank (its best and worst kept), and its diverged and failed trials,
+    at most ``MAX_POPULATION`` of each kind in all."""
+    cap = max(3, MAX_POPULATION // max(1, len(generations)))
+    points: list[tuple[int, float, int]] = []
+    marks: dict[str, list[tuple[int, int]]] = {"diverged": [], "failed": []}
+    stats = GenerationStats()
+    for number in sorted(generations):
+        generation = generations[number]
+        ranked = sorted(generation.succeeded)
+        points += [(number, *ranked[i]) for i in evenly(len(ranked), cap)]
+        for kind, trial_ids in marks.items():
+            ended = getattr(generation, kind)
+            trial_ids += [(number, ended[i]) for i in evenly(len(ended), cap)]
+        losses = [loss for loss, _ in ranked]
+        stats.number.append(number)
+        stats.best.append(losses[0] if losses else None)
+        stats.median.append(statistics.median(losses) if losses else None)
+        stats.succeeded.append(len(losses))
+        stats.diverged.append(len(generation.diverged))
+        stats.failed.append(len(generation.failed))
+    population = LossPoints()
+    for i in evenly(len(points), MAX_POPULATION):
+        _append(population, *points[i])
+    diverged, failed = (_marks(marks[kind], sum(getattr(stats, kind))) for kind in ("diverged", "failed"))
+    return population, diverged, failed, stats
+
+
+def _marks(pairs: list[tuple[int, int]], count: int) -> Marks:
+    kept = [pairs[i] for i in evenly(len(pairs), MAX_POPULATION)]
+    return Marks(generation=[g for g, _ in kept], trial_id=[t for _, t in kept], count=count)
+
+
+def _append(points: LossPoints, x: int, loss: float, trial_id: int) -> None:
+    points.x.append(x)
+    points.loss.append(loss)
+    points.trial_id.append(trial_id)

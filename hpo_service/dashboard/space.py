@@ -1,0 +1,101 @@
+"""Where the search went in its space of log2 multipliers: the best candidates as a module × HP grid, and the
+successful trials as lines over the coordinates (parallel coordinates)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from hpo_service.dashboard.sampling import evenly
+from hpo_service.dashboard.schemas import Candidate, Heatmap, Multipliers, Parallel
+from hpo_service.spec import SearchSpec
+from hpo_service.store import queries
+from hpo_service.store.models import Search
+
+MAX_LINES = 300  # trials drawn in the parallel coordinates: the best half of them, then the rest by rank
+MAX_AXES = 40  # coordinates drawn; beyond that, those most correlated with the loss
+RESIDUAL_COLUMN = "branch scale"
+
+
+def multipliers(session: Session, search: Search, top_k: int) -> Multipliers:
+    spec = SearchSpec.model_validate(search.spec)
+    names = spec.search_space.coordinates(spec.model.depth)
+    return Multipliers(
+        bounds=spec.search_space.log2_bounds,
+        heatmap=_heatmap(session, search.id, spec, names, top_k),
+        parallel=_parallel(session, search.id, names),
+    )
+
+
+def _cell(name: str) -> tuple[str, str]:
+    """The (row, column) of a coordinate in the grid: module type × HP, block × HP, or residual branch."""
+    kind, *rest = name.split(".")
+    if kind == "module":
+        return rest[0], rest[1]
+    if kind == "depth":
+        return f"block {rest[1]}", rest[0]
+    return f"residual {rest[0]}", RESIDUAL_COLUMN
+
+
+def _label(name: str) -> str:
+    """An axis label: ``attn_q lr``, ``block 0 lr``, ``residual attn``."""
+    row, column = _cell(name)
+    return row if column == RESIDUAL_COLUMN else f"{row} {column}"
+
+
+def _heatmap(session: Session, search_id: int, spec: SearchSpec, names: list[str], top_k: int) -> Heatmap:
+    cells = [_cell(name) for name in names]
+    rows = list(dict.fromkeys(row for row, _ in cells))
+    present = {column for _, column in cells}
+    columns = [h for h in spec.search_space.hps if h in present] + [RESIDUAL_COLUMN] * (RESIDUAL_COLUMN in present)
+    top = queries.best_candidates(session, search_id, spec.optimizer.replicates, top_k)
+    vectors = queries.vectors(session, [c.trial_id for c in top])
+    matrix = np.array([vectors[c.trial_id] for c in top], dtype=float).reshape(len(top), len(names))
+
+    def grid(values: np.ndarray | None) -> list[list[float | None]]:
+        table: list[list[float | None]] = [[None] * len(columns) for _ in rows]
+        if values is not None:
+            for (row, column), value in zip(cells, values, strict=True):
+                table[rows.index(row)][columns.index(column)] = float(value)
+        return table
+
+    return Heatmap(
+        rows=rows,
+        columns=columns,
+        best=grid(matrix[0] if top else None),
+        mean=grid(matrix.mean(axis=0) if top else None),
+        spread=grid(matrix.std(axis=0) if top else None),
+        top_k=len(top),
+        best_candidate=Candidate(**top[0]._mapping) if top else None,
+    )
+
+
+def _parallel(session: Session, search_id: int, names: list[str]) -> Parallel:
+    ranked = queries.ranked_trials(session, search_id)
+    half = MAX_LINES // 2
+    picked = ranked[:half] + [ranked[half + i] for i in evenly(len(ranked) - half, MAX_LINES - half)]
+    vectors = queries.vectors(session, [t.id for t in picked])
+    values = np.array([vectors[t.id] for t in picked], dtype=float).reshape(len(picked), len(names))
+    losses = np.array([t.loss for t in picked], dtype=float)
+    axes = _informative_axes(values, losses)
+    return Parallel(
+        axes=[_label(names[a]) for a in axes],
+        axes_total=len(names),
+        values=[values[:, a].round(3).tolist() for a in axes],  # a thousandth of an octave is plenty
+        loss=losses.tolist(),
+        trial_id=[t.id for t in picked],
+        total=len(ranked),
+        colour_range=(ranked[0].loss, ranked[int(0.9 * (len(ranked) - 1))].loss) if ranked else None,
+    )
+
+
+def _informative_axes(values: np.ndarray, losses: np.ndarray) -> list[int]:
+    """All coordinates, or, past ``MAX_AXES``, those whose values correlate most with the loss (in order)."""
+    dimension = values.shape[1]
+    if dimension <= MAX_AXES or len(losses) < 2:
+        return list(range(min(dimension, MAX_AXES)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred = values - values.mean(axis=0)
+        loss = losses - losses.mean()
+        correlation = np.abs(centred.T @ loss) / (np.linalg.norm(centred, axis=0) * np.linalg.norm(loss))
+    return sorted(np.argsort(-np.nan_to_num(correlation), kind="stable")[:MAX_AXES].tolist())

@@ -1,0 +1,412 @@
+// Plotly figures from the data endpoints' answers: each function returns { data, layout } for one chart.
+// Losses are in nats per token; multipliers are log2 (octaves), drawn on axes labelled as factors (¼×, 1×, 4×).
+
+const FONT = { family: "system-ui, -apple-system, 'Segoe UI', sans-serif", size: 12, color: "#222" };
+const GRID = "#e8e8e8";
+const LOSS_TITLE = "validation loss (nats/token)";
+const COLOURS = {
+  succeeded: "#3b6fb6",
+  best: "#1b9e5a",
+  median: "#7a7a7a",
+  diverged: "#d62728",
+  failed: "#6b6b6b",
+  running: [
+    "#e6550d",
+    "#fd8d3c",
+    "#a63603",
+    "#f16913",
+    "#d94801",
+    "#8c2d04",
+    "#fdae6b",
+    "#e08214",
+    "#b35806",
+    "#f46d43",
+  ],
+  top: ["#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"],
+  highlight: "#ff7f0e", // no band of VIRIDIS is orange
+};
+// ColorBrewer's RdBu, white at 0: blue a smaller HP than the base, red a larger one
+const DIVERGING = [
+  [0, "#2166ac"],
+  [0.25, "#92c5de"],
+  [0.5, "#f7f7f7"],
+  [0.75, "#f4a582"],
+  [1, "#b2182b"],
+];
+const SEQUENTIAL = [
+  [0, "#f7fbff"],
+  [0.5, "#6baed6"],
+  [1, "#08306b"],
+];
+const VIRIDIS = ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725"];
+
+function layout(extra) {
+  // uirevision keeps the user's zoom and hidden traces across live updates
+  return { font: FONT, uirevision: "keep", hovermode: "closest", margin: { l: 64, r: 16, t: 8, b: 52 }, ...extra };
+}
+
+function axis(title, extra = {}) {
+  return { title: { text: title }, gridcolor: GRID, zeroline: false, automargin: true, ...extra };
+}
+
+/** A chart with nothing to show yet: its message where the plot will be. */
+function empty(message) {
+  const hidden = { visible: false, fixedrange: true };
+  const note = {
+    text: message,
+    showarrow: false,
+    xref: "paper",
+    yref: "paper",
+    x: 0.5,
+    y: 0.5,
+    font: { size: 14, color: "#888" },
+  };
+  return { data: [], layout: layout({ xaxis: hidden, yaxis: hidden, annotations: [note], height: 320 }) };
+}
+
+function signed(value, digits) {
+  const text = value.toFixed(digits);
+  return Number(text) === 0 ? (0).toFixed(digits) : `${value > 0 ? "+" : ""}${text}`;
+}
+
+/** "1×", "4×", "1/8×": a log2 multiplier as the factor it stands for. */
+function factor(log2) {
+  const value = 2 ** Math.abs(log2);
+  const text = Number.isInteger(log2) ? String(value) : value.toPrecision(3);
+  return log2 < 0 ? `1/${text}×` : `${text}×`;
+}
+
+function octaveTicks([low, high]) {
+  const values = [];
+  for (let v = Math.ceil(low); v <= Math.floor(high); v += 1) values.push(v);
+  return { tickvals: values, ticktext: values.map(factor) };
+}
+
+/** Spread points of one generation sideways, deterministically per trial (golden-ratio hashing). */
+function jitter(trialId) {
+  return (((trialId * 0.6180339887) % 1) - 0.5) * 0.6;
+}
+
+export function progressFigure(o) {
+  if (o.evaluations === 0) return empty("no trial has ended yet");
+  const best = o.best_so_far;
+  const last = best.loss.length ? best.loss[best.loss.length - 1] : null;
+  const data = [
+    {
+      type: "scatter",
+      mode: "markers",
+      name: "evaluation",
+      x: o.evaluated.x,
+      y: o.evaluated.loss,
+      customdata: o.evaluated.trial_id,
+      marker: { color: "#b8b8b8", size: 5 },
+      hovertemplate: "evaluation %{x}<br>loss %{y:.4f}<br>trial #%{customdata}<extra></extra>",
+    },
+    {
+      type: "scatter",
+      mode: "lines+markers",
+      name: "best so far",
+      x: last == null ? [] : [...best.x, o.evaluations],
+      y: last == null ? [] : [...best.loss, last],
+      line: { shape: "hv", color: COLOURS.best, width: 2.5 },
+      marker: { size: 6, color: COLOURS.best },
+      hovertemplate: "after %{x} evaluations<br>best %{y:.4f}<extra></extra>",
+    },
+  ];
+  return {
+    data,
+    layout: layout({
+      xaxis: axis("evaluations (trials ended)", { rangemode: "tozero" }),
+      yaxis: axis(LOSS_TITLE),
+      legend: { x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.8)" },
+    }),
+  };
+}
+
+export function populationFigure(o) {
+  if (o.evaluations === 0) return empty("no trial has ended yet");
+  const g = o.generations;
+  const marks = (kind, y, symbol) => ({
+    type: "scatter",
+    mode: "markers",
+    name: `${kind} (${o[kind].count})`,
+    x: o[kind].generation.map((gen, i) => gen + jitter(o[kind].trial_id[i])),
+    y: o[kind].generation.map(() => y),
+    customdata: o[kind].generation.map((gen, i) => [gen, o[kind].trial_id[i]]),
+    yaxis: "y2",
+    marker: { symbol, size: 9, color: COLOURS[kind], line: { width: 1, color: COLOURS[kind] } },
+    hovertemplate: `trial #%{customdata[1]}<br>generation %{customdata[0]}<br>${kind}: no loss<extra></extra>`,
+  });
+  const data = [
+    {
+      type: "scatter",
+      mode: "markers",
+      name: "succeeded",
+      x: o.population.x.map((gen, i) => gen + jitter(o.population.trial_id[i])),
+      y: o.population.loss,
+      customdata: o.population.x.map((gen, i) => [gen, o.population.trial_id[i]]),
+      marker: { color: COLOURS.succeeded, size: 6, opacity: 0.65 },
+      hovertemplate: "trial #%{customdata[1]}<br>generation %{customdata[0]}<br>loss %{y:.4f}<extra></extra>",
+    },
+    {
+      type: "scatter",
+      mode: "lines+markers",
+      name: "generation best",
+      x: g.number,
+      y: g.best,
+      line: { color: COLOURS.best, width: 2 },
+      marker: { size: 5 },
+      hovertemplate: "generation %{x}<br>best %{y:.4f}<extra></extra>",
+    },
+    {
+      type: "scatter",
+      mode: "lines",
+      name: "generation median",
+      x: g.number,
+      y: g.median,
+      line: { color: COLOURS.median, width: 1.5, dash: "dash" },
+      hovertemplate: "generation %{x}<br>median %{y:.4f}<extra></extra>",
+    },
+    marks("diverged", 0.97, "x"),
+    marks("failed", 0.9, "triangle-up"),
+  ];
+  const many = g.number.length > 20;
+  return {
+    data,
+    layout: layout({
+      xaxis: axis("generation", { dtick: many ? null : 1, range: [-0.6, Math.max(0, ...g.number) + 0.6] }),
+      yaxis: axis(LOSS_TITLE, { domain: [0, 0.84] }),
+      // diverged and failed trials have no loss: they sit in a band above the plot, not at a made-up value
+      yaxis2: { domain: [0.86, 1], range: [0.85, 1.02], visible: false, fixedrange: true },
+      shapes: [
+        {
+          type: "rect",
+          xref: "paper",
+          yref: "y2",
+          x0: 0,
+          x1: 1,
+          y0: 0.86,
+          y1: 1.01,
+          fillcolor: "#f6f6f6",
+          line: { width: 0 },
+          layer: "below",
+        },
+      ],
+      annotations: [
+        {
+          text: "no loss:",
+          xref: "paper",
+          yref: "y2",
+          x: 0,
+          y: 0.935,
+          xanchor: "right",
+          showarrow: false,
+          font: { size: 11, color: "#888" },
+        },
+      ],
+      legend: { orientation: "h", y: -0.3 },
+      margin: { l: 64, r: 16, t: 8, b: 70 },
+    }),
+  };
+}
+
+function cellHover(rows, columns, values, what) {
+  return rows.map((_, r) =>
+    columns.map((_, c) => {
+      const v = values[r][c];
+      return v == null ? "not searched" : `${what} ${signed(v, 2)} (${factor(v)})`;
+    }),
+  );
+}
+
+function gridLayout(h) {
+  return layout({
+    height: Math.max(260, 26 * h.rows.length + 110),
+    xaxis: axis("hyperparameter", { side: "top", gridcolor: null, tickangle: 0 }),
+    yaxis: axis("", { autorange: "reversed", gridcolor: null, ticksuffix: " " }),
+    margin: { l: 110, r: 16, t: 56, b: 16 },
+  });
+}
+
+export function heatmapFigure(m) {
+  const h = m.heatmap;
+  if (!h.best_candidate) return empty("no candidate has succeeded yet");
+  const limit = Math.max(Math.abs(m.bounds[0]), Math.abs(m.bounds[1]));
+  const text = h.best.map((row) => row.map((v) => (v == null ? "" : signed(v, 1))));
+  const data = [
+    {
+      type: "heatmap",
+      x: h.columns,
+      y: h.rows,
+      z: h.best,
+      zmin: -limit,
+      zmax: limit,
+      zmid: 0,
+      colorscale: DIVERGING,
+      text,
+      texttemplate: "%{text}",
+      customdata: cellHover(h.rows, h.columns, h.mean, `top-${h.top_k} mean`),
+      hovertext: cellHover(h.rows, h.columns, h.best, "log2 multiplier"),
+      hovertemplate: "%{y} · %{x}<br>%{hovertext}<br>%{customdata}<extra></extra>",
+      hoverongaps: false,
+      xgap: 1,
+      ygap: 1,
+      colorbar: { title: { text: "log2 multiplier", side: "right" }, ...octaveTicks([-limit, limit]) },
+    },
+  ];
+  return { data, layout: gridLayout(h) };
+}
+
+export function spreadFigure(m) {
+  const h = m.heatmap;
+  if (h.top_k < 2) return empty("needs two successful candidates");
+  const data = [
+    {
+      type: "heatmap",
+      x: h.columns,
+      y: h.rows,
+      z: h.spread,
+      zmin: 0,
+      colorscale: SEQUENTIAL,
+      hovertemplate: `%{y} · %{x}<br>spread over the top ${h.top_k}: %{z:.2f} octaves<extra></extra>`,
+      hoverongaps: false,
+      xgap: 1,
+      ygap: 1,
+      colorbar: { title: { text: "std (octaves)", side: "right" } },
+    },
+  ];
+  return { data, layout: gridLayout(h) };
+}
+
+/**
+ * Parallel coordinates on one shared log2 axis (every multiplier has the same bounds), drawn as SVG lines: a
+ * line per trial, coloured by its loss in VIRIDIS.length bands, the worst drawn first so the best lie on top.
+ */
+export function parallelFigure(m) {
+  const p = m.parallel;
+  if (p.total === 0) return empty("no trial has succeeded yet");
+  const [cmin, top] = p.colour_range;
+  const cmax = top > cmin ? top : cmin + 1e-9;
+  const bands = VIRIDIS.map(() => ({ x: [], y: [], text: [], customdata: [] }));
+  const line = (target, i) => {
+    p.axes.forEach((name, a) => {
+      target.x.push(a);
+      target.y.push(p.values[a][i]);
+      target.text.push(name);
+      target.customdata.push([p.trial_id[i], p.loss[i], factor(p.values[a][i])]);
+    });
+    for (const key of ["x", "y", "text", "customdata"]) target[key].push(null); // a break between lines
+  };
+  p.loss.forEach((loss, i) => {
+    const share = Math.min(1, Math.max(0, (loss - cmin) / (cmax - cmin)));
+    line(bands[Math.min(VIRIDIS.length - 1, Math.floor(share * VIRIDIS.length))], i);
+  });
+  const best = { x: [], y: [], text: [], customdata: [] };
+  line(best, 0); // the server sends the best trial first
+  const hovertemplate =
+    "trial #%{customdata[0]} · loss %{customdata[1]:.4f}<br>%{text}: %{customdata[2]}<extra></extra>";
+  const data = bands
+    .map((band, k) => ({
+      type: "scatter",
+      mode: "lines",
+      ...band,
+      line: { color: VIRIDIS[k], width: 1 },
+      opacity: 0.55,
+      showlegend: false,
+      hovertemplate,
+    }))
+    .reverse();
+  data.push(
+    {
+      type: "scatter",
+      mode: "lines",
+      name: `best trial #${p.trial_id[0]}`,
+      ...best,
+      line: { color: COLOURS.highlight, width: 2.5 },
+      hovertemplate,
+    },
+    {
+      // a colour bar for the bands
+      type: "scatter",
+      mode: "markers",
+      x: [null],
+      y: [null],
+      showlegend: false,
+      hoverinfo: "skip",
+      marker: {
+        color: [cmin],
+        cmin,
+        cmax,
+        colorscale: "Viridis",
+        showscale: true,
+        colorbar: { title: { text: "loss (nats/token)", side: "right" } },
+      },
+    },
+  );
+  return {
+    data,
+    layout: layout({
+      xaxis: axis("", {
+        tickvals: p.axes.map((_, a) => a),
+        ticktext: p.axes,
+        tickangle: -45,
+        gridcolor: "#c8c8c8",
+        range: [-0.5, p.axes.length - 0.5],
+      }),
+      yaxis: axis("multiplier (log2 axis)", { range: m.bounds, ...octaveTicks(m.bounds) }),
+      legend: { x: 0, y: 1.02, yanchor: "bottom", orientation: "h" },
+      height: 520,
+      margin: { l: 64, r: 16, t: 24, b: 110 },
+    }),
+  };
+}
+
+export function curvesFigure(c) {
+  if (c.curves.length === 0) return empty("no trial is running or has succeeded yet");
+  const data = [];
+  let running = 0;
+  let best = 0;
+  for (const curve of c.curves) {
+    const isRunning = curve.role === "running";
+    const colour = isRunning
+      ? COLOURS.running[running++ % COLOURS.running.length]
+      : COLOURS.top[best++ % COLOURS.top.length];
+    const candidate = `g${curve.generation}.${curve.index}${curve.replicate ? ` r${curve.replicate}` : ""}`;
+    const name = isRunning
+      ? `running #${curve.trial_id} (${candidate})`
+      : `best #${curve.trial_id} (${candidate}): ${curve.loss.toFixed(4)}`;
+    const group = `trial-${curve.trial_id}`;
+    data.push(
+      {
+        type: "scatter",
+        mode: "lines",
+        name,
+        legendgroup: group,
+        x: curve.step,
+        y: curve.train_loss,
+        line: { color: colour, width: isRunning ? 2.5 : 1.5, dash: isRunning ? "solid" : "dot" },
+        hovertemplate: `#${curve.trial_id} step %{x}<br>train loss %{y:.4f}<extra></extra>`,
+      },
+      {
+        type: "scatter",
+        mode: "markers",
+        name: `${name} (validation)`,
+        legendgroup: group,
+        showlegend: false,
+        x: curve.val_step,
+        y: curve.val_loss,
+        marker: { color: colour, size: 7, symbol: "circle" },
+        hovertemplate: `#${curve.trial_id} step %{x}<br>validation loss %{y:.4f}<extra></extra>`,
+      },
+    );
+  }
+  return {
+    data,
+    layout: layout({
+      xaxis: axis("optimizer step", { rangemode: "tozero" }),
+      yaxis: axis("loss (nats/token)"),
+      legend: { x: 1.01, y: 1 },
+      margin: { l: 64, r: 16, t: 8, b: 52 },
+    }),
+  };
+}

@@ -1,0 +1,204 @@
+// One search, live: its summary is polled every 1.5 s; the charts of finished trials and the trial table are
+// re-read when the trial counts change, and the learning curves on every poll while trials are running.
+import {
+  age,
+  bindTokenField,
+  el,
+  ended,
+  formatLoss,
+  getBlob,
+  getJSON,
+  HttpError,
+  loadScript,
+  poll,
+  post,
+  statusBadge,
+} from "./common.js";
+import {
+  curvesFigure,
+  heatmapFigure,
+  parallelFigure,
+  populationFigure,
+  progressFigure,
+  spreadFigure,
+} from "./charts.js";
+
+const searchId = document.body.dataset.searchId;
+const api = `/api/searches/${searchId}`;
+const PAGE_SIZE = 25;
+const CONFIG = { displaylogo: false, responsive: true };
+const COMMANDS = { pause: ["queued", "running"], resume: ["paused"], cancel: ["queued", "running", "paused"] };
+let plotly = null; // 4.7 MB to compile: run at the first chart, once the summary is on the page (it is preloaded)
+let lastCounts = null;
+let tablePage = 0;
+
+async function draw(id, figure) {
+  plotly ??= loadScript("/static/plotly.min.js").then(() => window.Plotly);
+  return (await plotly).react(id, figure.data, figure.layout, CONFIG);
+}
+
+function text(id, value) {
+  document.getElementById(id).textContent = value;
+}
+
+function renderSummary(search) {
+  const counts = search.trials;
+  const done = ended(counts);
+  document.getElementById("status").replaceWith(Object.assign(statusBadge(search.status), { id: "status" }));
+  document.getElementById("progress-bar").style.width = `${(100 * Math.min(1, done / search.budget)).toFixed(1)}%`;
+  text("progress-text", `${done} / ${search.budget} trials ended`);
+  text("best-loss", formatLoss(search.best_loss));
+  const parts = ["running", "pending", "succeeded", "diverged", "failed", "cancelled"].filter((s) => counts[s]);
+  text("counts", parts.map((s) => `${counts[s]} ${s}`).join(" · ") || "none yet");
+  text("generations", `${search.generations_completed} of ${search.generations} completed`);
+  text("optimizer", search.optimizer);
+  text("age", `${age(search.created_at)}${search.finished_at ? `, ended ${age(search.finished_at)} ago` : ""}`);
+  const error = document.getElementById("error");
+  error.hidden = !search.error;
+  error.textContent = search.error || "";
+  for (const [command, allowed] of Object.entries(COMMANDS)) {
+    document.getElementById(command).disabled = !allowed.includes(search.status);
+  }
+}
+
+async function refreshOutcomes() {
+  const outcomes = await getJSON(`${api}/dashboard/outcomes`);
+  text("population-note", outcomes.sampled ? "· a sample of the points, spread by rank; the counts are exact" : "");
+  await Promise.all([
+    draw("chart-progress", progressFigure(outcomes)),
+    draw("chart-population", populationFigure(outcomes)),
+  ]);
+}
+
+async function refreshMultipliers() {
+  const m = await getJSON(`${api}/dashboard/multipliers`);
+  const best = m.heatmap.best_candidate;
+  text(
+    "heatmap-note",
+    best
+      ? `· generation ${best.generation}, candidate ${best.index}: loss ${formatLoss(best.loss)}`
+      : "· none has succeeded yet",
+  );
+  text("top-k", m.heatmap.top_k || "k");
+  const p = m.parallel;
+  const axes =
+    p.axes.length < p.axes_total
+      ? `, the ${p.axes.length} of ${p.axes_total} coordinates most correlated with the loss`
+      : "";
+  const shown = `· ${p.trial_id.length} of ${p.total} successful trials${axes}`;
+  text("parallel-note", p.total ? `${shown}; colour: loss, clipped at the 90th percentile` : "");
+  await Promise.all([
+    draw("chart-heatmap", heatmapFigure(m)),
+    draw("chart-spread", spreadFigure(m)),
+    draw("chart-parallel", parallelFigure(m)),
+  ]);
+}
+
+async function refreshCurves() {
+  await draw("chart-curves", curvesFigure(await getJSON(`${api}/dashboard/curves`)));
+}
+
+function trialRow(t) {
+  const candidate = `g${t.generation}.${t.index}${t.replicate ? ` r${t.replicate}` : ""}`;
+  const error = t.error
+    ? el("span", { title: t.error }, t.error.length > 80 ? `${t.error.slice(0, 80)}…` : t.error)
+    : "";
+  return el(
+    "tr",
+    { "data-trial-id": t.id },
+    el("td", { class: "num" }, `#${t.id}`),
+    el("td", {}, candidate),
+    el("td", {}, statusBadge(t.status)),
+    el("td", { class: "num" }, formatLoss(t.loss)),
+    el("td", { class: "num" }, String(t.seed)),
+    el("td", { title: t.node }, t.node ? t.node.slice(0, 12) : ""),
+    el("td", { class: "num" }, t.wall_time_s == null ? "" : t.wall_time_s.toFixed(1)),
+    el("td", { class: "error-cell" }, error),
+  );
+}
+
+async function refreshTable() {
+  const query = new URLSearchParams({ limit: PAGE_SIZE, offset: tablePage * PAGE_SIZE });
+  const status = document.getElementById("trial-status").value;
+  if (status) query.set("status", status);
+  query.set("sort", document.getElementById("trial-sort").value);
+  const page = await getJSON(`${api}/trials?${query}`);
+  const pages = Math.max(1, Math.ceil(page.total / PAGE_SIZE));
+  if (tablePage >= pages) {
+    tablePage = pages - 1;
+    return refreshTable();
+  }
+  document.querySelector("#trials tbody").replaceChildren(...page.trials.map(trialRow));
+  text("page", `page ${tablePage + 1} of ${pages} (${page.total} trials)`);
+  document.getElementById("prev").disabled = tablePage === 0;
+  document.getElementById("next").disabled = tablePage >= pages - 1;
+}
+
+async function refresh() {
+  const search = await getJSON(api);
+  renderSummary(search);
+  const counts = JSON.stringify([search.status, search.trials]);
+  const changed = counts !== lastCounts;
+  const work = changed ? [refreshOutcomes(), refreshMultipliers(), refreshTable()] : [];
+  if (changed || search.trials.running > 0) work.push(refreshCurves());
+  await Promise.all(work);
+  lastCounts = counts;
+}
+
+async function command(name) {
+  if (name === "cancel" && !confirm("Cancel this search? Its running trials are stopped.")) return;
+  const message = document.getElementById("control-message");
+  message.className = "";
+  message.textContent = `${name}…`;
+  try {
+    const result = await post(`${api}/${name}`);
+    message.textContent = `${name}: the search is ${result.status}`;
+    renderSummary(await getJSON(api));
+  } catch (error) {
+    message.className = "error";
+    message.textContent =
+      error instanceof HttpError && error.status === 401
+        ? "refused: enter the server's HPO_API_TOKEN in the API token field (top right)"
+        : `${name} refused: ${error.message}`;
+  }
+}
+
+async function download(event) {
+  event.preventDefault();
+  const message = document.getElementById("export-message");
+  const query = new URLSearchParams();
+  for (const [key, value] of new FormData(event.target)) if (value) query.set(key, value);
+  message.className = "";
+  message.textContent = "exporting…";
+  try {
+    const url = URL.createObjectURL(await getBlob(`${api}/export?${query}`));
+    const shape = ["width", "depth", "batch_size", "tokens"]
+      .filter((k) => query.has(k))
+      .map((k) => `${k}-${query.get(k)}`);
+    const link = el("a", { href: url, download: [`search-${searchId}-export`, ...shape].join("_") + ".json" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    message.textContent = "downloaded";
+  } catch (error) {
+    message.className = "error";
+    message.textContent = `export failed: ${error.message}`;
+  }
+}
+
+function onTableChange(id, event, update) {
+  document.getElementById(id).addEventListener(event, () => {
+    update();
+    refreshTable();
+  });
+}
+
+bindTokenField();
+for (const name of Object.keys(COMMANDS)) document.getElementById(name).addEventListener("click", () => command(name));
+document.getElementById("export").addEventListener("submit", download);
+onTableChange("prev", "click", () => (tablePage -= 1));
+onTableChange("next", "click", () => (tablePage += 1));
+onTableChange("trial-status", "change", () => (tablePage = 0));
+onTableChange("trial-sort", "change", () => (tablePage = 0));
+poll(refresh);

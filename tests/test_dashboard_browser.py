@@ -1,0 +1,162 @@
+"""The dashboard in a real browser: Debian's Chromium, driven by Playwright, against a real controller (``hpo
+serve``, its engine and local Ray) running a small search. Screenshots are saved in ``test-artifacts/``.
+
+Without Chromium (or Playwright) these tests are skipped, unless ``HPO_REQUIRE_BROWSER=1`` (as in CI), which
+makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+
+from hpo_service.store.database import database_url
+from tests.controller import ROOT, Controller
+from trainer.transfer import EXPORT_SCHEMA
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+TOKEN = "dashboard-test-token"
+CHARTS = ("progress", "population", "heatmap", "spread", "parallel", "curves")
+SPEC = {
+    "name": "browser-demo",
+    "model": {"width": 32, "depth": 1, "head_dim": 16, "seq_len": 32},
+    "training": {"batch_size": 4, "steps": 2000, "device": "cpu"},  # 4-10 s a trial: its curve can be watched
+    "search_space": {"modules": "all", "hps": ["lr", "init_std", "weight_decay"]},
+    "optimizer": {"name": "cma", "population": 4, "generations": 2, "seed": 0},
+    "execution": {"parallel": 2, "timeout_s": 300},
+}
+TRIALS = 8
+
+# In the page: trials drawn in the population chart (successful points, diverged and failed marks).
+POPULATION_POINTS = (
+    "(document.getElementById('chart-population').data || [])"
+    ".filter(t => t.name === 'succeeded' || t.yaxis === 'y2').reduce((n, t) => n + t.x.length, 0)"
+)
+CURVES = "(document.getElementById('chart-curves').data || [])"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    why = None if CHROMIUM.is_file() else f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        why = "Playwright is not installed (pip install -e '.[dev]')"
+    if why:
+        if os.environ.get("HPO_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser tests are required (HPO_REQUIRE_BROWSER=1): {why}")
+        pytest.skip(why)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
+    """A controller whose commands need a bearer token, as a shared deployment would set."""
+    folder = tmp_path_factory.mktemp("dashboard")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPO_API_TOKEN", TOKEN)
+        running = Controller(database_url(str(folder / "hpo.db")), folder / "controller.log").start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def submit(controller: Controller) -> int:
+    response = httpx.post(
+        f"{controller.url}/api/searches", json=SPEC, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    )
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def test_watch_a_search_live_pause_it_resume_it_and_download_its_export(browser, controller, tmp_path):
+    search_id = submit(controller)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    # the overview lists the search with its progress, and links to its page
+    page.goto(controller.url)
+    row = page.locator(f'#searches tr[data-search-id="{search_id}"]')
+    row.wait_for()
+    assert "browser-demo" in row.inner_text() and f"/ {TRIALS}" in row.inner_text()
+    screenshot(page, "dashboard-overview")
+    row.get_by_role("link", name="browser-demo").click()
+    page.wait_for_url(f"**/searches/{search_id}")
+
+    # every chart is drawn, before the first trial has ended
+    for chart in CHARTS:
+        page.locator(f"#chart-{chart} .main-svg").first.wait_for()
+    seen = page.evaluate(POPULATION_POINTS)
+
+    # without the token the buttons say what is missing; with it, pause and resume change the status
+    page.click("#pause")
+    page.wait_for_function("document.getElementById('control-message').textContent.includes('HPO_API_TOKEN')")
+    page.fill("#token", TOKEN)
+    page.click("#pause")
+    page.wait_for_function("document.getElementById('status').textContent === 'paused'")
+    assert controller.get(f"/api/searches/{search_id}")["status"] == "paused"
+    assert page.is_enabled("#resume") and page.is_disabled("#pause")
+    screenshot(page, "dashboard-search-paused")
+    page.click("#resume")
+    page.wait_for_function("document.getElementById('status').textContent === 'running'")
+
+    # the running trials' curves stream in while they train
+    page.wait_for_function(f"{CURVES}.some(t => t.name.startsWith('running') && t.x.length >= 20)", timeout=60_000)
+    screenshot(page, "dashboard-search-running")
+
+    # the search runs to its end on the page, updated in place: every trial plotted, the best curves drawn
+    page.wait_for_function("document.getElementById('status').textContent === 'completed'", timeout=120_000)
+    page.wait_for_function(f"{POPULATION_POINTS} === {TRIALS}")
+    assert seen < TRIALS
+    page.wait_for_function(f"{CURVES}.filter(t => t.name.startsWith('best') && t.mode === 'lines').length === 5")
+    assert page.locator("#trials tbody tr").count() == TRIALS
+    assert page.inner_text("#progress-text").startswith(f"{TRIALS} / {TRIALS}")
+    screenshot(page, "dashboard-search-completed")
+
+    # the export form downloads the best candidate, materialised for a 4x wider model
+    page.fill("#export input[name=width]", "128")
+    page.fill("#export input[name=depth]", "2")
+    with page.expect_download() as download:
+        page.click("#export button[type=submit]")
+    path = tmp_path / "export.json"
+    download.value.save_as(path)
+    export = json.loads(path.read_text())
+    jsonschema.validate(export, json.loads(EXPORT_SCHEMA.read_text()))
+    assert export["provenance"]["search_id"] == search_id
+    assert export["target"]["shape"]["width"] == 128 and export["target"]["shape"]["depth"] == 2
+    assert export["loss"]["mean"] == controller.get(f"/api/searches/{search_id}")["best_loss"]
+
+    # offline: nothing but the controller was asked for anything
+    assert errors == []
+    assert all(url.startswith((controller.url, "blob:", "data:")) for url in requested), requested
+    context.close()
