@@ -59,6 +59,13 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--db", help="database URL or SQLite file (default: $HPO_DATABASE_URL, else hpo.db)")
+    serve.add_argument(
+        "--data-root",
+        dest="data_roots",
+        action="append",
+        metavar="DIR",
+        help="a folder specs may read data from (repeatable; default: $HPO_DATA_ROOTS, else the working directory)",
+    )
     serve.set_defaults(handler=_serve)
 
     def server_option(command: argparse.ArgumentParser) -> None:
@@ -123,7 +130,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from hpo_service.api.app import create_app
 
-    uvicorn.run(_open_store(create_app, args.db), host=args.host, port=args.port, log_level="info")
+    app = _open_store(lambda url: create_app(url, data_roots=args.data_roots), args.db)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
 

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from trainer.config import BaseHPsSection, ModelSection, ParameterisationSection, Section, ShapeSection, TrainConfig
 from trainer.config import TrainingSection as _TrainingSection
+from trainer.data import DataError, source_path
 from trainer.hparams import BLOCK_MODULE_TYPES, HP_NAMES, INIT_STD_MODULE_TYPES, RESIDUAL_BRANCHES, Multipliers
 from trainer.model import MODULE_TYPES
 
@@ -25,6 +26,15 @@ MAX_TRIALS = 1_000_000  # population × generations × replicates: a search larg
 class TrainingSection(_TrainingSection):
     steps: int = Field(60, gt=0, le=10_000_000, description="Optimiser steps per trial.")
     batch_size: int = Field(16, gt=0, le=1_000_000, description="Sequences per optimiser step.")
+
+    @field_validator("data")
+    @classmethod
+    def _known_source(cls, data: str) -> str:
+        try:
+            source_path(data)
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
+        return data
 
 
 class SearchSpace(Section):

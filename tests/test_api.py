@@ -148,3 +148,42 @@ def test_with_a_token_set_reads_stay_open(guarded):
     assert guarded.get("/api/searches").status_code == 200
     assert guarded.get("/api/health").status_code == 200
     assert guarded.get("/api/model-families").status_code == 200
+
+
+@pytest.fixture
+def rooted(db_url, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "corpus.txt").write_text("hello " * 1000)
+    (tmp_path / "secret.txt").write_text("not for the workers")
+    (root / "escape.txt").symlink_to(tmp_path / "secret.txt")
+    with TestClient(create_app(db_url, run_engine=False, data_roots=[str(root)])) as client:
+        yield client, root
+
+
+def with_data(source: str) -> dict:
+    return {**TINY, "training": {**TINY["training"], "data": source}}
+
+
+def test_specs_may_read_files_under_the_data_roots_and_are_stored_absolute(rooted):
+    client, root = rooted
+    response = client.post("/api/searches", json=with_data(f"text:{root}/./corpus.txt"))
+    assert response.status_code == 201
+    with client.app.state.sessions() as session:
+        assert session.get(Search, response.json()["id"]).spec["training"]["data"] == f"text:{root / 'corpus.txt'}"
+
+
+@pytest.mark.parametrize("source", ["text:/etc/passwd", "tokens:/etc/hostname:uint16", "text:{root}/../secret.txt",
+                                    "text:{root}/escape.txt"])  # fmt: skip
+def test_specs_may_not_read_files_outside_the_data_roots(rooted, source):
+    client, root = rooted
+    response = client.post("/api/searches", json=with_data(source.format(root=root)))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "training", "data"] and "outside the server's data roots" in error["msg"]
+    assert count_searches(client) == 0
+
+
+def test_an_unknown_data_source_is_refused_at_submission(client):
+    response = client.post("/api/searches", json=with_data("http://example.com/corpus"))
+    assert response.status_code == 422 and "unknown data source" in response.text

@@ -62,6 +62,18 @@ def load_corpus(source: str, *, vocab_size: int = 256, val_fraction: float = 0.0
     return corpus
 
 
+def source_path(source: str) -> Path | None:
+    """The file or folder a data source reads; None for the built-in corpus. Unknown sources raise."""
+    kind, _, rest = source.partition(":")
+    if source == BUILTIN_STDLIB:
+        return None
+    if kind == "text" and rest:
+        return Path(rest)
+    if kind == "tokens" and rest:
+        return _parse_token_source(rest)[0]
+    raise DataError(f"unknown data source {source!r}: use {BUILTIN_STDLIB}, text:PATH or tokens:PATH[:uint16|uint32]")
+
+
 @lru_cache(maxsize=1)
 def _python_stdlib() -> Corpus:
     root = Path(sysconfig.get_paths()["stdlib"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -24,12 +25,15 @@ def create_app(
     migrate: bool = True,
     api_token: str | None = None,
     max_body_bytes: int | None = None,
+    data_roots: list[str] | None = None,
 ) -> FastAPI:
     """The app for the store at ``db`` (a URL or SQLite path; default ``HPO_DATABASE_URL`` or ``hpo.db``).
 
     With ``run_engine`` the engine thread starts and stops with the app; ``migrate`` brings the schema up to
     date first. ``api_token`` (default ``HPO_API_TOKEN``) guards the mutating endpoints; request bodies over
-    ``max_body_bytes`` (default ``HPO_MAX_BODY_BYTES``, else 1 MiB) are refused.
+    ``max_body_bytes`` (default ``HPO_MAX_BODY_BYTES``, else 1 MiB) are refused. Specs may only name data
+    files under ``data_roots`` (default ``HPO_DATA_ROOTS``, paths separated by ``os.pathsep``, else the
+    working directory).
     """
     url = database_url(db)
     if migrate:
@@ -56,6 +60,8 @@ def create_app(
     app.state.sessions = sessions
     app.state.engine = engine
     app.state.commands = Commands(sessions, wake=engine.wake if engine is not None else lambda: None)
+    roots = data_roots if data_roots is not None else os.environ.get("HPO_DATA_ROOTS", os.getcwd()).split(os.pathsep)
+    app.state.data_roots = [Path(root).expanduser().resolve() for root in roots if root]
     app.state.api_token = api_token if api_token is not None else os.environ.get("HPO_API_TOKEN") or None
     limit = max_body_bytes or int(os.environ.get("HPO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     app.add_middleware(BodySizeLimit, max_bytes=limit)

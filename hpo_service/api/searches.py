@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
@@ -19,6 +20,7 @@ from hpo_service.export import NoResult, build_export
 from hpo_service.spec import SearchSpec
 from hpo_service.store import queries
 from hpo_service.store.models import SEARCH_STATUSES, Search
+from trainer.data import source_path
 from trainer.parameterisation import Shape
 
 router = APIRouter(prefix="/api/searches", tags=["searches"])
@@ -60,7 +62,7 @@ SPEC_BODY = {
 async def create_search(request: Request, commands: CommandsDep) -> SearchCreated:
     """Submit a search spec (JSON or YAML); the engine starts it as soon as it can."""
     spec = _parse_spec(await request.body(), request.headers.get("content-type", ""))
-    search = commands.create(spec)
+    search = commands.create(_within_data_roots(spec, request.app.state.data_roots))
     return SearchCreated(id=search.id, status=search.status)
 
 
@@ -79,6 +81,24 @@ def _parse_spec(body: bytes, content_type: str) -> SearchSpec:
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
         raise RequestValidationError(errors) from None
+
+
+def _within_data_roots(spec: SearchSpec, roots: list[Path]) -> SearchSpec:
+    """A spec may only make the workers read files under the server's data roots (symlinks resolved). The
+    path is stored absolute, so that workers, whatever their working directory, read the file checked here."""
+    data = spec.training.data
+    path = source_path(data)
+    if path is None:
+        return spec
+    resolved = path.expanduser().resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots) or "none"
+        message = f"reads {resolved}, outside the server's data roots ({allowed}; see HPO_DATA_ROOTS)"
+        raise RequestValidationError([{"type": "data_root", "loc": ("body", "training", "data"), "msg": message}])
+    kind, _, rest = data.partition(":")
+    dtype = rest.rpartition(":")[2] if kind == "tokens" else ""
+    absolute = f"{kind}:{resolved}" + (f":{dtype}" if dtype in ("uint16", "uint32") else "")
+    return spec.model_copy(update={"training": spec.training.model_copy(update={"data": absolute})})
 
 
 @router.get("", response_model=SearchPage)
