@@ -20,15 +20,14 @@ from trainer.hparams import Multipliers
 SEARCH_SECTIONS = ("name", "search_space", "optimizer", "execution", "export_targets")
 
 
-class CLIError(Exception):
-    """An error reported to the user as one line, with exit status 2."""
+CLIError = client.ClientError  # one kind of error for the user, one line and exit status 2, for every command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (CLIError, client.ClientError) as exc:
+    except CLIError as exc:
         print(f"hpo: error: {exc}", file=sys.stderr)
         return 2
 
@@ -138,7 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from hpo_service.local_run import run_locally
 
-    spec = client.read_spec(args.spec)
+    spec = client.read_mapping(args.spec)
     return _open_store(lambda url: run_locally(spec, url, args.port), args.db)
 
 
@@ -202,7 +201,7 @@ def load_train_config(path: Path, overrides: Sequence[str] = ()) -> TrainConfig:
 
     Pinning first means ``--set model.width=256`` trains a wider model with the file's HPs *transferred*.
     """
-    data = {k: v for k, v in _read_mapping(path).items() if k not in SEARCH_SECTIONS}
+    data = {k: v for k, v in client.read_mapping(path).items() if k not in SEARCH_SECTIONS}
     config = _validate(data, str(path)).with_base_shape_pinned()
     data = config.model_dump()
     for override in overrides:
@@ -211,18 +210,6 @@ def load_train_config(path: Path, overrides: Sequence[str] = ()) -> TrainConfig:
             raise CLIError(f"--set expects KEY=VALUE, got {override!r}")
         _set_dotted(data, key, yaml.safe_load(raw))
     return _validate(data, "--set")
-
-
-def _read_mapping(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CLIError(f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise CLIError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise CLIError(f"{path} must hold a mapping of sections")
-    return data
 
 
 def _validate(data: dict, source: str) -> TrainConfig:
@@ -247,7 +234,7 @@ def _load_multipliers(path: Path | None) -> Multipliers:
     if path is None:
         return Multipliers()
     try:
-        return Multipliers.from_dict(_read_mapping(path))
+        return Multipliers.from_dict(client.read_mapping(path))
     except (ValueError, TypeError) as exc:
         raise CLIError(f"{path}: {exc}") from None
 

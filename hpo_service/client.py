@@ -21,7 +21,7 @@ FINAL_STATUSES = ("completed", "cancelled", "failed")
 
 
 class ClientError(Exception):
-    """A request that failed; the message is one line for the user."""
+    """A request or an input file that failed; the message is one line for the user (exit status 2)."""
 
 
 def server_url(value: str | None) -> str:
@@ -51,20 +51,21 @@ def _problem(response: httpx.Response) -> str:
     return str(detail)
 
 
-def read_spec(path: Path) -> dict:
+def read_mapping(path: Path) -> dict:
+    """A YAML (or JSON: YAML is a superset) file that holds a mapping: a spec, a config, multipliers."""
     try:
-        spec = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+        data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ClientError(f"{path} is neither YAML nor JSON: {exc}".replace("\n", " ")) from None
-    if not isinstance(spec, dict):
-        raise ClientError(f"{path} must hold a mapping (the search spec)")
-    return spec
+        raise ClientError(f"{path} is not valid YAML (or JSON): {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ClientError(f"{path} must hold a mapping of sections")
+    return data
 
 
 def submit(args: argparse.Namespace) -> int:
-    spec = read_spec(args.spec)
+    spec = read_mapping(args.spec)
     created = request("POST", args.server, "/api/searches", json=spec)
     print(f"submitted {spec.get('name', str(args.spec))!r}; watch it with: hpo watch {created['id']}")
     print(created["id"])

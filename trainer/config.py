@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainer.hparams import BaseHPs
+from trainer.hparams import BaseHPs, MaterialisedHPs, Multipliers, materialise
 from trainer.model import ModelConfig
 from trainer.parameterisation import Parameterisation, ParameterisationName, Shape
 
@@ -109,6 +109,16 @@ class TrainConfig(Section):
     def base_shape(self) -> Shape:
         base = self.parameterisation.base_shape
         return base.to_shape() if base is not None else self.shape()
+
+    def materialise(self, multipliers: Multipliers) -> MaterialisedHPs:
+        """The base HPs times ``multipliers``, carried from the base shape to this config's shape."""
+        return materialise(
+            self.base_hps.to_base_hps(),
+            multipliers,
+            self.parameterisation.to_parameterisation(),
+            self.base_shape(),
+            self.shape(),
+        )
 
     def with_base_shape_pinned(self) -> TrainConfig:
         """This config with its own shape recorded as the base shape (if none is set)."""

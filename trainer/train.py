@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from trainer.config import TrainConfig
 from trainer.data import Corpus, eval_batches, load_corpus, sample_batch
-from trainer.hparams import Multipliers, apply_to_model, materialise
+from trainer.hparams import Multipliers, apply_to_model
 from trainer.model import GPT
 
 Status = Literal["succeeded", "diverged", "failed"]
@@ -82,14 +82,9 @@ class _Run:
         )
         torch.manual_seed(self.t.seed)
         self.model = GPT(config.model.to_model_config())
-        materialised = materialise(
-            config.base_hps.to_base_hps(),
-            hps,
-            config.parameterisation.to_parameterisation(),
-            config.base_shape(),
-            config.shape(),
-        )
-        groups = apply_to_model(self.model, materialised)  # initialised on the CPU: the same weights everywhere
+        groups = apply_to_model(
+            self.model, config.materialise(hps)
+        )  # initialised on the CPU: the same weights everywhere
         self.model.to(self.device)
         cuda = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(groups, fused=cuda)

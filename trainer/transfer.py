@@ -82,11 +82,6 @@ def apply_export(
     return apply_to_model(model, _materialise(data["base"], shape), reinitialise=reinitialise)
 
 
-def export_steps(export: str | Path | Mapping[str, Any]) -> int:
-    """The number of optimiser steps the export's target trains for."""
-    return int(load_export(export)["target"]["steps"])
-
-
 def _materialise(base: Mapping[str, Any], target: Shape) -> MaterialisedHPs:
     p = base["parameterisation"]
     return materialise(

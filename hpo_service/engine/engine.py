@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 from ray.exceptions import RayError
 from sqlalchemy import delete, or_, select, update
@@ -29,7 +28,6 @@ from hpo_service.store.models import ACTIVE_SEARCH_STATUSES, ProgressPoint, Sear
 log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 0.25  # how often the engine looks for searches changed through the API, unless woken
 IDLE_WAIT_S = 0.5
-_NO_RUNNER = SimpleNamespace(may_have_pending=False)
 
 
 class Engine:
@@ -114,8 +112,9 @@ class Engine:
                 record_all(session, events)
         touched = {self.owner[e.trial_id] for e in events if e.trial_id in self.owner}
         for event in events:
-            if isinstance(event, Lost) and event.trial_id in self.owner:
-                self.runners.get(self.owner[event.trial_id], _NO_RUNNER).may_have_pending = True
+            runner = self.runners.get(self.owner.get(event.trial_id, -1))
+            if isinstance(event, Lost) and runner is not None:  # the lost trial is pending again
+                runner.may_have_pending = True
             if not self.executor.tracks(event.trial_id):
                 self.owner.pop(event.trial_id, None)
         for search_id in list(self.runners):

@@ -28,7 +28,7 @@ from hpo_service.store.models import (
     utcnow,
 )
 from trainer.config import TrainConfig
-from trainer.hparams import BLOCK_MODULE_TYPES, HP_NAMES, Multipliers, materialise
+from trainer.hparams import BLOCK_MODULE_TYPES, HP_NAMES, Multipliers
 
 
 @dataclass
@@ -186,13 +186,7 @@ class SearchRunner:
 
 def materialised_at_base(config: TrainConfig, multipliers: Multipliers, per_depth: bool) -> dict[str, dict]:
     """The values a trial trains with, per module type (per ``type.layer`` when the search is per-depth)."""
-    hps = materialise(
-        config.base_hps.to_base_hps(),
-        multipliers,
-        config.parameterisation.to_parameterisation(),
-        config.base_shape(),
-        config.shape(),
-    )
+    hps = config.materialise(multipliers)
     values: dict[str, dict[str, float]] = {}
     for group in hps.groups:
         if group.layer not in (None, 0) and not per_depth:
