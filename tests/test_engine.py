@@ -34,9 +34,20 @@ def tiny_spec(**overrides) -> SearchSpec:
     return SearchSpec.model_validate(sections)
 
 
+EXECUTORS: list[RayExecutor] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_executors():
+    yield
+    while EXECUTORS:
+        EXECUTORS.pop().close()
+
+
 def make_engine(sessions, trial_fn=None) -> Engine:
     engine = Engine(sessions)
     engine.executor = RayExecutor(trial_fn=trial_fn) if trial_fn else RayExecutor()
+    EXECUTORS.append(engine.executor)
     return engine
 
 

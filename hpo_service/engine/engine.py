@@ -89,10 +89,12 @@ class Engine:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        if self.executor is None or not self.executor.in_flight:
+        if self.executor is None:
             return
         interrupted = list(self.executor.in_flight)
-        self.executor.cancel(interrupted)
+        self.executor.close()
+        if not interrupted:
+            return
         try:
             with transaction(self.sessions) as session:
                 _requeue(session, interrupted)

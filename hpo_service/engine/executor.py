@@ -169,6 +169,11 @@ class RayExecutor:
         ref = self._tasks[key].remote(self.trial_fn, trial_id, payload, self.inbox_name)
         self.in_flight[trial_id] = _InFlight(ref, resources)
 
+    def close(self) -> None:
+        """Stop every running trial and release the progress inbox (an actor, so a process of its own)."""
+        self.cancel(list(self.in_flight))
+        ray.kill(self.inbox)
+
     def tracks(self, trial_id: int) -> bool:
         return trial_id in self.in_flight
 
