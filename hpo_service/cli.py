@@ -65,6 +65,14 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="a folder specs may read data from (repeatable; default: $HPO_DATA_ROOTS, else the working directory)",
     )
+    serve.add_argument(
+        "--allow-trial",
+        dest="allowed_trials",
+        action="append",
+        metavar="PATTERN",
+        help="trial functions specs may name, e.g. 'mylab.trials:*' (repeatable; default: $HPO_ALLOWED_TRIALS, "
+        "else none)",
+    )
     serve.set_defaults(handler=_serve)
 
     def server_option(command: argparse.ArgumentParser) -> None:
@@ -129,7 +137,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from hpo_service.api.app import create_app
 
-    app = _open_store(lambda url: create_app(url, data_roots=args.data_roots), args.db)
+    options = {"data_roots": args.data_roots, "allowed_trials": args.allowed_trials}
+    app = _open_store(lambda url: create_app(url, **options), args.db)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 

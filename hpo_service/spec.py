@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from hpo_service.engine.entrypoints import ENTRYPOINT
 from trainer.config import BaseHPsSection, ModelSection, ParameterisationSection, Section, ShapeSection, TrainConfig
 from trainer.config import TrainingSection as _TrainingSection
 from trainer.data import DataError, source_path
@@ -142,6 +143,19 @@ class ExecutionSection(Section):
     gpus_per_trial: float = Field(0.0, ge=0, le=64, description="Fractions share a GPU between trials.")
     max_retries: int = Field(1, ge=0, le=10, description="Re-runs of a candidate whose worker died.")
     timeout_s: float = Field(3600.0, gt=0, le=7 * 24 * 3600, description="Wall-clock limit of one trial.")
+    trial: str | None = Field(
+        None,
+        max_length=300,
+        description="'package.module:function' to train each trial instead of the built-in trainer; "
+        "only names the server allows (hpo serve --allow-trial).",
+    )
+
+    @field_validator("trial")
+    @classmethod
+    def _entrypoint_form(cls, trial: str | None) -> str | None:
+        if trial is not None and not ENTRYPOINT.match(trial):
+            raise ValueError(f"{trial!r} is not of the form 'package.module:function'")
+        return trial
 
 
 class SearchSpec(Section):

@@ -40,7 +40,7 @@ class Controller:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "RAY_DEDUP_LOGS": "0", **self.env},
+            env={**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONPATH": str(ROOT), **self.env},
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -86,12 +86,18 @@ class Controller:
         return httpx.post(f"{self.url}{path}", json=json, timeout=30)
 
     def wait_for(self, search_id: int, condition, timeout_s: float = 300.0, interval_s: float = 0.1) -> dict:
-        deadline = time.monotonic() + timeout_s
+        """Poll until ``condition(search, trials)``; a 503 (the store briefly away) is waited out."""
+        deadline, search = time.monotonic() + timeout_s, None
         while time.monotonic() < deadline:
-            trials = self.get(f"/api/searches/{search_id}/trials", limit=5000)["trials"]
-            search = self.get(f"/api/searches/{search_id}")
-            if condition(search, trials):
-                return search
+            try:
+                trials = self.get(f"/api/searches/{search_id}/trials", limit=5000)["trials"]
+                search = self.get(f"/api/searches/{search_id}")
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 503:
+                    raise
+            else:
+                if condition(search, trials):
+                    return search
             time.sleep(interval_s)
         raise AssertionError(f"search {search_id} never met the condition; last state {search}")
 

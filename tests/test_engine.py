@@ -142,6 +142,37 @@ def test_a_trial_past_its_timeout_is_stopped_and_failed(sessions):
     assert trial.status == "failed" and "timed out after 2 s" in trial.error
 
 
+def test_a_trial_that_raises_fails_once_is_told_a_penalty_and_the_search_goes_on(sessions):
+    spec = tiny_spec(optimizer={"name": "cma", "population": 2, "generations": 2})
+    search = Commands(sessions).create(spec)
+    engine = make_engine(sessions, trial_fns.raises)
+    assert run_until(engine, sessions, search.id, finished).status == "completed"
+    trials = trials_of(sessions, search.id)
+    assert [(t.generation, t.index) for t in trials] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(t.status == "failed" and t.attempts == 1 for t in trials)  # deterministic: no retry
+    assert all("ValueError: a bug in the trial code" in t.error for t in trials)
+
+
+def test_a_trial_out_of_memory_fails_with_the_allocators_message(sessions):
+    spec = tiny_spec(optimizer={"name": "random", "population": 1, "generations": 1})
+    search = Commands(sessions).create(spec)
+    engine = make_engine(sessions, trial_fns.out_of_memory)
+    assert run_until(engine, sessions, search.id, finished).status == "completed"
+    (trial,) = trials_of(sessions, search.id)
+    assert (trial.status, trial.attempts) == ("failed", 1)
+    assert "can't allocate memory" in trial.error
+
+
+def test_a_worker_killed_by_the_oom_killer_is_retried_with_the_same_candidate(sessions, tmp_path):
+    spec = tiny_spec(optimizer={"population": 2, "generations": 2})
+    search = Commands(sessions).create(spec)
+    engine = make_engine(sessions, functools.partial(trial_fns.oom_killed_once, str(tmp_path)))
+    assert run_until(engine, sessions, search.id, finished).status == "completed"
+    trials = trials_of(sessions, search.id)
+    assert [(t.generation, t.index) for t in trials] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all((t.status, t.attempts) == ("succeeded", 2) for t in trials)
+
+
 def test_pause_holds_new_trials_and_resume_finishes_the_search(sessions):
     search = Commands(sessions).create(tiny_spec())
     commands = Commands(sessions)

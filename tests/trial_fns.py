@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -54,4 +55,33 @@ def reporting(payload: dict, report) -> dict:
     for step in range(1, 11):
         report(step, {"train_loss": 4.0 - step / 10})
         time.sleep(0.4)
+    return synthetic(payload, report)
+
+
+def paced_real(payload: dict, report) -> dict:
+    """The real trainer after a 2 s pause: a window in which a test can kill the worker mid-trial."""
+    time.sleep(2.0)
+    return train_trial(payload, report)
+
+
+def raises(payload: dict, report) -> dict:
+    report(1, {"train_loss": 3.0})
+    raise ValueError("a bug in the trial code")
+
+
+def out_of_memory(payload: dict, report) -> dict:
+    """Asks the allocator for a petabyte: the allocator's own out-of-memory error, as on an undersized node."""
+    import torch
+
+    torch.empty(2**50, dtype=torch.uint8)
+    return synthetic(payload, report)
+
+
+def oom_killed_once(marker_dir: str, payload: dict, report) -> dict:
+    """The first attempt is SIGKILLed, as the kernel's out-of-memory killer does; the retry trains."""
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    marker = Path(marker_dir) / key
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
     return synthetic(payload, report)

@@ -11,11 +11,12 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from hpo_service import dashboard
-from hpo_service.api import health, meta, searches, trials
+from hpo_service.api import errors, health, meta, searches, trials
 from hpo_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from hpo_service.engine.commands import Commands
 from hpo_service.engine.engine import Engine
-from hpo_service.store.database import database_url, make_engine, session_factory, upgrade
+from hpo_service.engine.entrypoints import allowed_patterns
+from hpo_service.store.database import check_writable, database_url, make_engine, session_factory, upgrade
 
 
 def create_app(
@@ -26,6 +27,7 @@ def create_app(
     api_token: str | None = None,
     max_body_bytes: int | None = None,
     data_roots: list[str] | None = None,
+    allowed_trials: list[str] | None = None,
 ) -> FastAPI:
     """The app for the store at ``db`` (a URL or SQLite path; default ``HPO_DATABASE_URL`` or ``hpo.db``).
 
@@ -33,12 +35,15 @@ def create_app(
     date first. ``api_token`` (default ``HPO_API_TOKEN``) guards the mutating endpoints; request bodies over
     ``max_body_bytes`` (default ``HPO_MAX_BODY_BYTES``, else 1 MiB) are refused. Specs may only name data
     files under ``data_roots`` (default ``HPO_DATA_ROOTS``, paths separated by ``os.pathsep``, else the
-    working directory).
+    working directory). Specs may name a trial function to import only if it matches ``allowed_trials``
+    (default ``HPO_ALLOWED_TRIALS``, comma-separated; else none).
     """
     url = database_url(db)
     if migrate:
         upgrade(url)
     db_engine = make_engine(url)
+    if run_engine:
+        check_writable(db_engine)
     sessions = session_factory(db_engine)
     engine = Engine(sessions) if run_engine else None
 
@@ -62,11 +67,13 @@ def create_app(
     app.state.commands = Commands(sessions, wake=engine.wake if engine is not None else lambda: None)
     roots = data_roots if data_roots is not None else os.environ.get("HPO_DATA_ROOTS", os.getcwd()).split(os.pathsep)
     app.state.data_roots = [Path(root).expanduser().resolve() for root in roots if root]
+    app.state.allowed_trials = allowed_patterns(allowed_trials)
     app.state.api_token = api_token if api_token is not None else os.environ.get("HPO_API_TOKEN") or None
     limit = max_body_bytes or int(os.environ.get("HPO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     app.add_middleware(BodySizeLimit, max_bytes=limit)
     for module in (health, meta, searches, trials):
         app.include_router(module.router)
+    errors.install(app)
     dashboard.install(app)
     return app
 

@@ -19,12 +19,14 @@ def health(request: Request, response: Response) -> Health:
             session.execute(text("SELECT 1"))
         database = "ok"
     except Exception as exc:
-        database = f"error: {type(exc).__name__}"
+        database = f"error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}"
     engine = request.app.state.engine
     if engine is None:
         engine_state = "off"
     elif engine.error:
         engine_state = f"error: {engine.error}"
+    elif engine.store_error:
+        engine_state = f"waiting for the database: {engine.store_error}"
     else:
         engine_state = "running" if engine.alive else "stopped"
     healthy = database == "ok" and engine_state in ("running", "off")

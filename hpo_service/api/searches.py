@@ -16,6 +16,7 @@ from hpo_service.api.auth import require_token
 from hpo_service.api.deps import Offset, SearchId, commands, db_session
 from hpo_service.api.schemas import GenerationOut, Problem, SearchCreated, SearchPage, SearchSummary
 from hpo_service.engine.commands import CommandError, Commands, SearchNotFound
+from hpo_service.engine.entrypoints import EntrypointError, check_allowed, load_trial
 from hpo_service.export import NoResult, build_export
 from hpo_service.spec import SearchSpec
 from hpo_service.store import queries
@@ -62,6 +63,7 @@ SPEC_BODY = {
 async def create_search(request: Request, commands: CommandsDep) -> SearchCreated:
     """Submit a search spec (JSON or YAML); the engine starts it as soon as it can."""
     spec = _parse_spec(await request.body(), request.headers.get("content-type", ""))
+    _trial_allowed(spec, request.app.state.allowed_trials)
     search = commands.create(_within_data_roots(spec, request.app.state.data_roots))
     return SearchCreated(id=search.id, status=search.status)
 
@@ -81,6 +83,19 @@ def _parse_spec(body: bytes, content_type: str) -> SearchSpec:
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
         raise RequestValidationError(errors) from None
+
+
+def _trial_allowed(spec: SearchSpec, patterns: list[str]) -> None:
+    """A spec may name a trial function to import only if the server's own configuration allows that name."""
+    name = spec.execution.trial
+    if name is None:
+        return
+    try:
+        check_allowed(name, patterns)
+        load_trial(name)
+    except EntrypointError as exc:
+        error = {"type": "trial", "loc": ("body", "execution", "trial"), "msg": str(exc)}
+        raise RequestValidationError([error]) from None
 
 
 def _within_data_roots(spec: SearchSpec, roots: list[Path]) -> SearchSpec:

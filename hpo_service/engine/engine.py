@@ -4,7 +4,9 @@ Each turn of its loop it (1) picks up searches that were created, paused, resume
 API, (2) collects what the executor reports and writes it in one transaction, (3) ends generations whose
 trials are all final (tell, then ask the next), and (4) dispatches pending trials up to each search's
 ``parallel``, writing them as running before submitting them. The store is the source of truth: a runner
-that hits a database error is dropped and rebuilt from the store on a later turn.
+that hits a database error is dropped and rebuilt from the store on a later turn. Results that arrive while
+the store refuses writes (a restarting server, a full disk) are kept and written once it answers again, so
+no trial is trained twice for it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hpo_service.engine.executor import Lost, RayExecutor, Resources, ensure_ray
+from hpo_service.engine.executor import Event, Lost, RayExecutor, Resources, ensure_ray
 from hpo_service.engine.records import record_all
 from hpo_service.engine.runner import SearchRunner
 from hpo_service.store.database import transaction
@@ -28,6 +30,7 @@ from hpo_service.store.models import ACTIVE_SEARCH_STATUSES, ProgressPoint, Sear
 log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 0.25  # how often the engine looks for searches changed through the API, unless woken
 IDLE_WAIT_S = 0.5
+MAX_BACKOFF_S = 5.0  # longest wait between attempts while the database refuses writes
 
 
 class Engine:
@@ -41,6 +44,8 @@ class Engine:
         self.paused: set[int] = set()
         self.owner: dict[int, int] = {}  # in-flight trial id -> search id
         self.error: str | None = None  # why the engine could not start, if it could not
+        self.store_error: str | None = None  # why the last turn could not write to the store, until one can
+        self.unrecorded: list[Event] = []  # events that could not be written yet: kept until the store answers
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,17 +80,25 @@ class Engine:
             self.error = f"cannot start the executor: {type(exc).__name__}: {exc}"
             log.exception("engine: cannot start the executor")
             return
+        backoff = 0.0
         while not self._stop.is_set():
             try:
                 self.turn()
+                if self.store_error is not None:
+                    log.warning("engine: the database is back; carrying on")
+                    self.store_error, backoff = None, 0.0
             except DBAPIError as exc:
-                log.warning("engine: database error, rebuilding from the store: %s", str(exc).splitlines()[0])
-                self.runners.clear()
-                time.sleep(1.0)
+                reason = _first_line(exc)
+                if reason != self.store_error:  # once per distinct problem, not once per retry
+                    log.warning("engine: the database refused a write, retrying (nothing is lost): %s", reason)
+                self.store_error = reason
+                self.runners.clear()  # rebuilt from the store once it answers again
+                backoff = min(max(2 * backoff, 0.5), MAX_BACKOFF_S)
+                self._stop.wait(backoff)
             except Exception:  # e.g. the cluster lost a node mid-call: the store still knows where things stand
                 log.exception("engine: unexpected error; rebuilding the runners from the store")
                 self.runners.clear()
-                time.sleep(1.0)
+                self._stop.wait(1.0)
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -93,37 +106,43 @@ class Engine:
             return
         interrupted = list(self.executor.in_flight)
         self.executor.close()
-        if not interrupted:
-            return
         try:
+            self._record()
             with transaction(self.sessions) as session:
                 _requeue(session, interrupted)
         except DBAPIError:
-            log.warning("engine: could not requeue %d running trials; the next start will", len(interrupted))
+            log.warning("engine: could not write the last results; the next start re-runs those trials")
 
     # -- one turn of the loop ------------------------------------------------------------------------------------
 
     def turn(self) -> None:
         assert self.executor is not None
+        self._record()  # first what an earlier turn could not write, so that no result is taken for an orphan
         if self._wake.is_set() or time.monotonic() - self._last_sync >= SYNC_INTERVAL_S:
             self._wake.clear()
             self._sync()
         events = self.executor.poll(wait_s=0.05 if self.executor.in_flight else 0.0)
-        if events:
-            with transaction(self.sessions) as session:
-                record_all(session, events)
         touched = {self.owner[e.trial_id] for e in events if e.trial_id in self.owner}
+        lost = {self.owner.get(e.trial_id) for e in events if isinstance(e, Lost)}
         for event in events:
-            runner = self.runners.get(self.owner.get(event.trial_id, -1))
-            if isinstance(event, Lost) and runner is not None:  # the lost trial is pending again
-                runner.may_have_pending = True
             if not self.executor.tracks(event.trial_id):
                 self.owner.pop(event.trial_id, None)
+        self.unrecorded += events
+        self._record()
+        for search_id in lost & set(self.runners):  # the lost trial is pending again
+            self.runners[search_id].may_have_pending = True
         for search_id in list(self.runners):
             if search_id in touched or self._in_flight(search_id) == 0:
                 self._step(search_id)
         if not events and not self.executor.in_flight:
             self._wake.wait(IDLE_WAIT_S)
+
+    def _record(self) -> None:
+        """Write the events not yet written, in one transaction; if the store refuses, they wait for the next."""
+        if self.unrecorded:
+            with transaction(self.sessions) as session:
+                record_all(session, self.unrecorded)
+            self.unrecorded = []
 
     def _step(self, search_id: int) -> None:
         """End the runner's generation if it can have ended, then fill its free slots."""
@@ -213,6 +232,12 @@ class Engine:
             search = session.get(Search, search_id)
             search.status, search.error, search.finished_at = "failed", error[:4000], utcnow()
         self._retire(search_id, "failed")
+
+
+def _first_line(exc: DBAPIError) -> str:
+    """The driver's own message (e.g. "database or disk is full"), without SQLAlchemy's SQL and links."""
+    message = str(exc.orig if exc.orig is not None else exc).strip()
+    return f"{type(exc.orig).__name__}: {message.splitlines()[0] if message else 'no message'}"
 
 
 def _requeue(session: Session, trial_ids: list[int]) -> None:

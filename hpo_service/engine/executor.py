@@ -25,9 +25,10 @@ import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from hpo_service.engine.entrypoints import TrialFn, load_trial
+
 log = logging.getLogger(__name__)
 
-TrialFn = Callable[[dict, Callable[[int, dict[str, float]], None]], dict]
 PROGRESS_INTERVAL_S = 1.0  # a worker sends its progress at most this often
 DRAIN_INTERVAL_S = 0.5  # the engine collects progress at most this often
 BATCH_GRACE_S = 0.005
@@ -80,11 +81,17 @@ class Resources:
 
 
 def train_trial(payload: dict, report: Callable[[int, dict[str, float]], None]) -> dict:
-    """The default trial: ``trainer.run_trial`` on the payload's config and multipliers."""
+    """The built-in trial: ``trainer.run_trial`` on the payload's config and multipliers."""
     from trainer import Multipliers, TrainConfig, run_trial
 
     config = TrainConfig.model_validate(payload["config"])
     return run_trial(config, Multipliers.from_dict(payload["multipliers"]), report).to_dict()
+
+
+def spec_trial(payload: dict, report: Callable[[int, dict[str, float]], None]) -> dict:
+    """The trial the spec names (``execution.trial``, allowed by the server at submission), else the built-in."""
+    name = payload.get("trial")
+    return (load_trial(name) if name else train_trial)(payload, report)
 
 
 @ray.remote(num_cpus=0)
@@ -147,7 +154,7 @@ class _InFlight:
 class RayExecutor:
     """Submits trials as Ray tasks and turns what comes back into events."""
 
-    trial_fn: TrialFn = train_trial
+    trial_fn: TrialFn = spec_trial
     in_flight: dict[int, _InFlight] = field(default_factory=dict)
     last_drain: float = 0.0
 

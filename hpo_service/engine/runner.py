@@ -83,7 +83,10 @@ class SearchRunner:
 
     def _payload(self, row: Trial) -> dict:
         config = {**self.config, "training": {**self.config["training"], "seed": row.seed}}
-        return {"config": config, "multipliers": row.multipliers}
+        payload = {"config": config, "multipliers": row.multipliers}
+        if self.spec.execution.trial:
+            payload["trial"] = self.spec.execution.trial
+        return payload
 
     def advance(self, session: Session) -> bool:
         """If the current generation is complete: tell it, then ask the next or complete the search."""

@@ -42,6 +42,7 @@ def make_engine(url: str) -> Engine:
         folder = Path(parsed.database).expanduser().resolve().parent
         if not folder.is_dir():
             raise StoreError(f"cannot create the SQLite database {parsed.database}: {folder} is not a directory")
+        _check_sqlite_writable(Path(parsed.database).expanduser().resolve())
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -53,6 +54,32 @@ def make_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _check_sqlite_writable(path: Path) -> None:
+    """SQLite needs to write the file and, for its WAL and lock files, the folder (``access`` also says EROFS
+    for a read-only mount)."""
+    for target in (path, path.parent):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise StoreError(
+                f"the SQLite database {path} cannot be written: {target} is read-only "
+                "(a read-only mount, or not writable by this user)"
+            )
+
+
+def check_writable(engine: Engine) -> None:
+    """Refuse to serve a store that cannot be written (a read-only file or mount, a full disk, a read-only
+    replica): said at start-up, not at the first result."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:
+        with engine.begin() as connection:  # a write that changes nothing
+            connection.execute(text("UPDATE alembic_version SET version_num = version_num"))
+    except (OperationalError, ProgrammingError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        where = engine.url.render_as_string(hide_password=True)
+        raise StoreError(f"the database {where} cannot be written: {reason}") from None
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,0 +1,53 @@
+"""User trial functions named in a spec (``execution.trial: "package.module:function"``).
+
+Importing code named by a request is running that code, so a server allows it only for the names its own
+configuration lists (``hpo serve --allow-trial PATTERN``, or ``HPO_ALLOWED_TRIALS``, comma-separated shell
+patterns such as ``mylab.trials:*``). A trial function takes the payload (``config``, ``multipliers``) and a
+``report(step, metrics)`` callback and returns a ``trainer.TrialResult``-shaped dict.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+import re
+from collections.abc import Callable
+
+ENTRYPOINT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+TrialFn = Callable[[dict, Callable[[int, dict[str, float]], None]], dict]
+
+
+class EntrypointError(ValueError):
+    """The named trial function is not allowed here, or cannot be imported."""
+
+
+def allowed_patterns(configured: list[str] | None = None) -> list[str]:
+    """The server's allow-list: ``configured`` if given, else ``HPO_ALLOWED_TRIALS``; empty allows nothing."""
+    if configured is not None:
+        return [p for p in configured if p]
+    return [p.strip() for p in os.environ.get("HPO_ALLOWED_TRIALS", "").split(",") if p.strip()]
+
+
+def check_allowed(name: str, patterns: list[str]) -> None:
+    if not patterns:
+        raise EntrypointError(
+            f"names Python code to import ({name!r}); this server imports none "
+            "(start it with --allow-trial PATTERN or HPO_ALLOWED_TRIALS to allow some)"
+        )
+    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+        raise EntrypointError(f"{name!r} is not among the trial functions this server allows ({', '.join(patterns)})")
+
+
+def load_trial(name: str) -> TrialFn:
+    """The function ``name`` ("package.module:function") refers to."""
+    if not ENTRYPOINT.match(name):
+        raise EntrypointError(f"{name!r} is not of the form 'package.module:function'")
+    module_name, _, attribute = name.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise EntrypointError(f"cannot import {name!r}: {exc}") from None
+    if not callable(function):
+        raise EntrypointError(f"{name!r} is not callable")
+    return function
