@@ -2,10 +2,12 @@
 
 A real controller (`hpo serve`, embedded SQLite or ``--db``, local Ray) runs a search of real trials. Meanwhile
 ``--clients`` concurrent clients (one asyncio loop, one HTTP connection each, on loopback) request the reads
-a dashboard and the CLI make, round-robin, for ``--seconds``. Reported per endpoint and overall: requests,
-errors (any status but 200, or a failed connection), and latency percentiles.
+a dashboard and the CLI make, round-robin, for ``--seconds``, each waiting ``--think-ms`` between its requests
+(a bounded loop; a dashboard tab polls every 1.5 s; 0 is a saturating closed loop). Reported per endpoint and
+overall: requests, errors (any status but 200, or a failed connection), and latency percentiles.
 
     python bench/api_load.py                        # 20 clients for 60 s on SQLite: about 1.5 minutes
+    python bench/api_load.py --think-ms 0 --out bench/results/api_load_saturated.json
     python bench/api_load.py --db postgresql://postgres@127.0.0.1:5432/postgres_load --clients 20
 """
 
@@ -74,9 +76,12 @@ def start_controller(db: str, port: int, log: Path) -> subprocess.Popen:
     raise RuntimeError(f"the controller did not start: {log.read_text()[-2000:]}")
 
 
-async def client(base: str, paths: list[tuple[str, str]], offset: int, until: float, samples: list) -> None:
+async def client(
+    base: str, paths: list[tuple[str, str]], offset: int, until: float, samples: list, think_s: float = 0.0
+) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         i = offset
+        await asyncio.sleep(think_s * offset / 20)  # spread the clients' first requests
         while time.monotonic() < until:
             name, path = paths[i % len(paths)]
             i += 1
@@ -86,6 +91,8 @@ async def client(base: str, paths: list[tuple[str, str]], offset: int, until: fl
             except httpx.HTTPError:
                 ok = False
             samples.append((name, time.perf_counter() - tick, ok))
+            if think_s:
+                await asyncio.sleep(think_s)
 
 
 def summarise(latencies: list[float], errors: int) -> dict:
@@ -98,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--think-ms", type=float, default=250.0, help="each client's pause between requests")
     parser.add_argument("--db", help="database URL (default: a fresh SQLite file)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api_load.json")
     args = parser.parse_args()
@@ -116,7 +124,8 @@ def main() -> None:
             until = time.monotonic() + args.seconds
 
             async def load() -> None:
-                await asyncio.gather(*(client(base, paths, i, until, samples) for i in range(args.clients)))
+                think_s = args.think_ms / 1000
+                await asyncio.gather(*(client(base, paths, i, until, samples, think_s) for i in range(args.clients)))
 
             asyncio.run(load())
             trials_during = httpx.get(f"{base}/api/searches/{search_id}", timeout=30).json()["trials"]
@@ -127,7 +136,12 @@ def main() -> None:
 
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {"clients": args.clients, "seconds": args.seconds, "db": "sqlite" if not args.db else "url"},
+        "settings": {
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "think_ms": args.think_ms,
+            "db": "sqlite" if not args.db else "url",
+        },
         "trials_while_loaded": trials_during,
         "overall": summarise([t for _, t, _ in samples], sum(not ok for *_, ok in samples)),
         "endpoints": {
@@ -143,11 +157,6 @@ def main() -> None:
     for name, row in result["endpoints"].items():
         print(f"{name:<24} {row['requests']:>6} req  {row['errors']} err  "
               f"p50 {row['p50_ms']:7.1f}  p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms")  # fmt: skip
-
-
-def _of(samples: list[tuple[str, float, bool]], name: str) -> tuple[list[float], int]:
-    mine = [(t, ok) for n, t, ok in samples if n == name]
-    return [t for t, _ in mine], sum(not ok for _, ok in mine)
 
 
 def _sid(pid: int) -> int | None:

@@ -187,3 +187,34 @@ def test_specs_may_not_read_files_outside_the_data_roots(rooted, source):
 def test_an_unknown_data_source_is_refused_at_submission(client):
     response = client.post("/api/searches", json=with_data("http://example.com/corpus"))
     assert response.status_code == 422 and "unknown data source" in response.text
+
+
+def with_trial(name: str) -> dict:
+    return {**TINY, "execution": {**TINY.get("execution", {}), "trial": name}}
+
+
+@pytest.mark.parametrize(
+    ("allowed", "name", "message"),
+    [
+        (None, "tests.trial_fns:synthetic", "this server imports none"),
+        (["mylab.trials:*"], "tests.trial_fns:synthetic", "not among the trial functions this server allows"),
+        (["tests.*"], "tests.no_such_module:trial", "cannot import"),
+        (["tests.*"], "tests.trial_fns:no_such_function", "cannot import"),
+        (["*"], "os:system; rm -rf /", "is not of the form 'package.module:function'"),
+    ],
+)
+def test_a_spec_naming_code_to_import_is_refused_unless_the_server_allows_it(db_url, allowed, name, message):
+    with TestClient(create_app(db_url, run_engine=False, allowed_trials=allowed)) as client:
+        response = client.post("/api/searches", json=with_trial(name))
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"][-2:] == ["execution", "trial"] and message in error["msg"]
+        assert count_searches(client) == 0
+
+
+def test_an_allowed_trial_function_is_accepted_and_stored(db_url):
+    with TestClient(create_app(db_url, run_engine=False, allowed_trials=["tests.trial_fns:*"])) as client:
+        response = client.post("/api/searches", json=with_trial("tests.trial_fns:synthetic"))
+        assert response.status_code == 201
+        with client.app.state.sessions() as session:
+            assert session.get(Search, response.json()["id"]).spec["execution"]["trial"] == "tests.trial_fns:synthetic"
