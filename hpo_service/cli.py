@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,6 +74,14 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
         help="trial functions specs may name, e.g. 'mylab.trials:*' (repeatable; default: $HPO_ALLOWED_TRIALS, "
         "else none)",
     )
+    serve.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin allowed to call the API, e.g. 'https://lab.example' (repeatable; default: "
+        "$HPO_CORS_ORIGINS, else none: other origins' pages can neither read the API nor write to it)",
+    )
     serve.set_defaults(handler=_serve)
 
     def server_option(command: argparse.ArgumentParser) -> None:
@@ -137,10 +146,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     from hpo_service.api.app import create_app
 
-    options = {"data_roots": args.data_roots, "allowed_trials": args.allowed_trials}
+    options = {"data_roots": args.data_roots, "allowed_trials": args.allowed_trials, "cors_origins": args.cors_origins}
     app = _open_store(lambda url: create_app(url, **options), args.db)
+    logging.getLogger("uvicorn.access").addFilter(_without_query_string)  # uvicorn's log config keeps it
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def _without_query_string(record: logging.LogRecord) -> bool:
+    """Access log lines name the path only: a token sent as ``?token=...`` must not end up in the log."""
+    if isinstance(record.args, tuple) and len(record.args) == 5 and isinstance(record.args[2], str):
+        client_addr, method, path, http_version, status = record.args
+        record.args = (client_addr, method, path.partition("?")[0], http_version, status)
+    return True
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -60,8 +60,14 @@ class Controller:
         self._signal(signal.SIGKILL)
 
     def stop(self) -> None:
-        """SIGTERM (a clean shutdown), then SIGKILL whatever is left."""
-        self._signal(signal.SIGTERM, grace_s=20)
+        """SIGTERM to the controller (a clean shutdown, which stops its Ray), then SIGKILL whatever is left.
+
+        Only the controller is signalled first: with its Ray stopped under it, its shutdown would wait on Ray.
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(20)
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int, grace_s: float = 5.0) -> None:

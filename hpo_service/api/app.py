@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from hpo_service import dashboard
 from hpo_service.api import errors, health, meta, searches, trials
 from hpo_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from hpo_service.api.origin import SameOriginWrites
 from hpo_service.engine.commands import Commands
 from hpo_service.engine.engine import Engine
 from hpo_service.engine.entrypoints import allowed_patterns
@@ -28,6 +30,7 @@ def create_app(
     max_body_bytes: int | None = None,
     data_roots: list[str] | None = None,
     allowed_trials: list[str] | None = None,
+    cors_origins: list[str] | None = None,
 ) -> FastAPI:
     """The app for the store at ``db`` (a URL or SQLite path; default ``HPO_DATABASE_URL`` or ``hpo.db``).
 
@@ -36,7 +39,9 @@ def create_app(
     ``max_body_bytes`` (default ``HPO_MAX_BODY_BYTES``, else 1 MiB) are refused. Specs may only name data
     files under ``data_roots`` (default ``HPO_DATA_ROOTS``, paths separated by ``os.pathsep``, else the
     working directory). Specs may name a trial function to import only if it matches ``allowed_trials``
-    (default ``HPO_ALLOWED_TRIALS``, comma-separated; else none).
+    (default ``HPO_ALLOWED_TRIALS``, comma-separated; else none). Browser pages on other origins may call the
+    API only from ``cors_origins`` (default ``HPO_CORS_ORIGINS``, comma-separated; else none): without any, no
+    CORS headers are sent, and cross-origin writes are refused whatever the token.
     """
     url = database_url(db)
     if migrate:
@@ -71,11 +76,26 @@ def create_app(
     app.state.api_token = api_token if api_token is not None else os.environ.get("HPO_API_TOKEN") or None
     limit = max_body_bytes or int(os.environ.get("HPO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     app.add_middleware(BodySizeLimit, max_bytes=limit)
+    origins = _cors_origins(cors_origins)
+    app.add_middleware(SameOriginWrites, allowed_origins=origins)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     for module in (health, meta, searches, trials):
         app.include_router(module.router)
     errors.install(app)
     dashboard.install(app)
     return app
+
+
+def _cors_origins(configured: list[str] | None) -> list[str]:
+    """The origins whose pages may call the API: ``configured``, else ``HPO_CORS_ORIGINS`` (comma-separated)."""
+    origins = configured if configured is not None else os.environ.get("HPO_CORS_ORIGINS", "").split(",")
+    return [origin.strip().rstrip("/") for origin in origins if origin.strip()]
 
 
 def _version() -> str:
