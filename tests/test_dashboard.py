@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from hpo_service.api.app import create_app
 from hpo_service.dashboard.sampling import envelope, evenly
@@ -96,6 +96,24 @@ def test_the_best_loss_so_far_follows_the_order_in_which_trials_ended(client):
     )
     best = get(client, f"/api/searches/{search_id}/dashboard/outcomes")["best_so_far"]
     assert best["x"] == [1, 4] and best["loss"] == [2.5, 2.4]
+
+
+def test_kept_answers_are_recomputed_as_soon_as_a_trial_ends(client):
+    """The aggregates are kept between polls, but never past a change in the search's trials."""
+    search_id = new_search(client)
+    add_trials(client, search_id, {"loss": 3.0, "index": 0}, {"status": "running", "index": 1})
+    first = get(client, f"/api/searches/{search_id}/dashboard/outcomes")
+    assert get(client, f"/api/searches/{search_id}/dashboard/outcomes") == first
+    with client.app.state.sessions() as session, session.begin():
+        session.execute(
+            update(Trial)
+            .where(Trial.search_id == search_id, Trial.status == "running")
+            .values(status="succeeded", loss=2.0, finished_at=START + timedelta(seconds=5))
+        )
+    best = get(client, f"/api/searches/{search_id}/dashboard/outcomes")["best_so_far"]
+    assert best["loss"] == [3.0, 2.0]
+    heatmap = get(client, f"/api/searches/{search_id}/dashboard/multipliers")["heatmap"]
+    assert heatmap["best_candidate"]["loss"] == 2.0
 
 
 def test_diverged_and_failed_trials_are_marked_apart_never_at_a_loss_and_never_best(client):

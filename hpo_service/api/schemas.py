@@ -35,7 +35,9 @@ class SearchSummary(BaseModel):
     budget: int = Field(examples=[18], description="population × generations × replicates")
     generations: int = Field(examples=[3])
     generations_completed: int = Field(examples=[1])
-    best_loss: float | None = Field(examples=[2.91], description="Lowest loss of a trial that succeeded.")
+    best_loss: float | None = Field(
+        examples=[2.91], description="Lowest mean loss of a candidate whose replicates all succeeded (the export's)."
+    )
 
 
 class SearchPage(BaseModel):

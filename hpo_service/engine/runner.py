@@ -102,8 +102,7 @@ class SearchRunner:
         rows = session.scalars(
             select(Trial).where(Trial.search_id == self.search_id, Trial.generation == self.generation)
         ).all()
-        self._tell(session, rows)
-        finite = [trial.loss for trial in rows if trial.status == "succeeded"]
+        finite = self._tell(session, rows)
         session.execute(
             update(Generation)
             .where(Generation.search_id == self.search_id, Generation.number == self.generation)
@@ -124,8 +123,9 @@ class SearchRunner:
             self.finished = True
         return True
 
-    def _tell(self, session: Session, rows: list[Trial]) -> None:
-        """Tell each candidate the mean loss of its replicates, or the penalty if any of them did not succeed."""
+    def _tell(self, session: Session, rows: list[Trial]) -> list[float]:
+        """Tell each candidate the mean loss of its replicates, or the penalty if any of them did not succeed;
+        return the losses of the candidates that succeeded."""
         worst = session.scalar(
             select(func.max(Trial.loss)).where(
                 Trial.search_id == self.search_id,
@@ -136,13 +136,16 @@ class SearchRunner:
         by_candidate: dict[int, list[Trial]] = {}
         for row in rows:
             by_candidate.setdefault(row.index, []).append(row)
+        succeeded = []
         for index, candidate in enumerate(self.candidates):
             replicates = by_candidate[index]
             if all(r.status == "succeeded" for r in replicates):
                 loss = statistics.fmean(r.loss for r in replicates)
+                succeeded.append(loss)
             else:
                 loss = penalty(worst, self.spec.model.vocab_size)
             self.optimizer.tell(candidate, loss)
+        return succeeded
 
     def _ask(self, session: Session, generation: int) -> None:
         """Ask a population, and persist it with the optimizer's snapshot in the caller's transaction."""

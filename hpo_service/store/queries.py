@@ -28,11 +28,18 @@ def trial_counts(session: Session, search_ids: Sequence[int]) -> dict[int, dict[
 
 
 def best_losses(session: Session, search_ids: Sequence[int]) -> dict[int, float | None]:
-    """The lowest loss of a trial that succeeded; diverged and failed trials never count."""
+    """The lowest mean loss of a candidate whose replicates all succeeded (the export's best): a diverged or
+    failed trial never counts, nor do the other replicates of its candidate."""
+    succeeded = func.sum(case((Trial.status == "succeeded", 1), else_=0))
+    candidates = (
+        select(Trial.search_id, func.avg(Trial.loss).label("loss"))
+        .where(Trial.search_id.in_(search_ids))
+        .group_by(Trial.search_id, Trial.generation, Trial.index)
+        .having(func.count() == succeeded)
+        .subquery()
+    )
     rows = session.execute(
-        select(Trial.search_id, func.min(Trial.loss))
-        .where(Trial.search_id.in_(search_ids), Trial.status == "succeeded")
-        .group_by(Trial.search_id)
+        select(candidates.c.search_id, func.min(candidates.c.loss)).group_by(candidates.c.search_id)
     ).all()
     return dict.fromkeys(search_ids, None) | dict(rows)
 
