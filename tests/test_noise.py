@@ -144,3 +144,6 @@ def test_a_candidate_with_a_diverged_replicate_is_not_exported_even_with_the_low
     best_candidate = get(client, f"{api}/dashboard/multipliers")["heatmap"]["best_candidate"]
     assert (best_candidate["index"], best_candidate["trial_id"]) == (1, ids[2])
     assert best_candidate["loss"] == pytest.approx(2.1)
+    assert get(client, api)["best_loss"] == pytest.approx(2.1)  # the search's headline agrees with the export
+    (generation,) = get(client, f"{api}/generations")
+    assert generation["best_loss"] == pytest.approx(2.1)
