@@ -46,6 +46,17 @@ class SearchSpace(Section):
     log2_bounds: tuple[float, float] = Field((-3.0, 3.0), description="[low, high] of every log2 multiplier.")
     per_depth: bool = Field(False, description="Also search one multiplier per block and HP (type × depth).")
     residual: bool = Field(False, description="Also search the attention and MLP residual-branch multipliers.")
+    tied: bool = Field(
+        False,
+        description="One multiplier per HP shared by all the listed modules: a search of the global HPs, the "
+        "usual first step before a per-module search around its result.",
+    )
+
+    @model_validator(mode="after")
+    def _tied_is_global(self) -> SearchSpace:
+        if self.tied and (self.per_depth or self.residual):
+            raise ValueError("tied (global) multipliers cannot be combined with per_depth or residual")
+        return self
 
     @field_validator("modules")
     @classmethod
@@ -88,8 +99,11 @@ class SearchSpace(Section):
     def coordinates(self, depth: int) -> list[str]:
         """Names of the vector's entries: ``module.<type>.<hp>``, ``depth.<hp>.<layer>``, ``residual.<branch>``.
 
-        The init std of norm gains is not searched: gains start at one whatever it is.
+        The init std of norm gains is not searched: gains start at one whatever it is. A tied space has one
+        ``global.<hp>`` entry per HP.
         """
+        if self.tied:
+            return [f"global.{h}" for h in self.hps]
         names = [
             f"module.{m}.{h}"
             for m in self.module_types()
@@ -112,7 +126,11 @@ class SearchSpace(Section):
         residual: dict[str, float] = {}
         for name, value in zip(names, vector, strict=True):
             kind, *rest = name.split(".")
-            if kind == "module":
+            if kind == "global":
+                for m in self.module_types():
+                    if rest[0] != "init_std" or m in INIT_STD_MODULE_TYPES:
+                        module.setdefault(m, {})[rest[0]] = float(value)
+            elif kind == "module":
                 module.setdefault(rest[0], {})[rest[1]] = float(value)
             elif kind == "depth":
                 per_layer.setdefault(rest[0], []).append(float(value))

@@ -172,6 +172,18 @@ def test_the_heatmap_shows_the_candidate_the_export_would_export_on_a_module_by_
     assert m["bounds"] == [-3.0, 3.0]
 
 
+def test_a_tied_search_is_one_row_of_global_multipliers(client):
+    tied = {**SPEC, "search_space": {"modules": ["attn_q", "norm_attn"], "hps": ["lr", "init_std"], "tied": True}}
+    search_id = new_search(client, tied)
+    add_trials(client, search_id, {"loss": 2.0, "vector": [1.0, -0.5]})
+    heatmap = get(client, f"/api/searches/{search_id}/dashboard/multipliers")["heatmap"]
+    assert (heatmap["rows"], heatmap["columns"], heatmap["best"]) == (
+        ["all modules"],
+        ["lr", "init_std"],
+        [[1.0, -0.5]],
+    )
+
+
 def test_parallel_coordinates_draw_successful_trials_coloured_by_loss(client):
     search_id = new_search(client)
     add_trials(

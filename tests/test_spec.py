@@ -88,6 +88,18 @@ def test_per_depth_and_residual_coordinates():
     assert multipliers.residual == {"attn": -1.0, "mlp": 0.5}
 
 
+def test_a_tied_space_searches_the_global_hps_one_multiplier_per_hp_for_every_module():
+    s = spec(search_space={"hps": ["lr", "init_std"], "tied": True})
+    assert s.search_space.coordinates(depth=2) == ["global.lr", "global.init_std"]
+    multipliers = s.multipliers([1.0, -0.5])
+    assert set(multipliers.module) == set(MODULE_TYPES)
+    assert all(hps["lr"] == 1.0 for hps in multipliers.module.values())
+    assert multipliers.module["attn_q"]["init_std"] == -0.5
+    assert "init_std" not in multipliers.module["norm_attn"]  # gains have no init std, tied or not
+    with pytest.raises(ValidationError, match="tied"):
+        spec(search_space={"tied": True, "per_depth": True})
+
+
 def test_the_spec_is_a_training_config_with_its_own_shape_as_the_base_shape():
     s = spec(model={"width": 32, "depth": 1, "head_dim": 16}, training={"steps": 5, "batch_size": 4})
     config = s.train_config()

@@ -28,8 +28,11 @@ def multipliers(session: Session, search: Search, top_k: int) -> Multipliers:
 
 
 def _cell(name: str) -> tuple[str, str]:
-    """The (row, column) of a coordinate in the grid: module type × HP, block × HP, or residual branch."""
+    """The (row, column) of a coordinate in the grid: module type × HP, block × HP, residual branch, or the
+    one row of a tied (global) search."""
     kind, *rest = name.split(".")
+    if kind == "global":
+        return "all modules", rest[0]
     if kind == "module":
         return rest[0], rest[1]
     if kind == "depth":
