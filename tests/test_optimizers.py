@@ -76,6 +76,21 @@ def test_the_same_seed_proposes_the_same_candidates():
     )
 
 
+@pytest.mark.parametrize("name", ["cma", "diagonal_cma"])
+@pytest.mark.parametrize(("hps", "sigma"), [(["lr"], 1.0), (["lr", "init_std"], 0.5)])  # 13 and 21 dimensions
+def test_cmas_first_step_is_sigma_octaves(name, hps, sigma):
+    spec = SearchSpec.model_validate(
+        {
+            "name": "opt",
+            "search_space": {"modules": "all", "hps": hps, "log2_bounds": [-8, 8]},
+            "optimizer": {"name": name, "population": 400, "generations": 1, "seed": 0, "sigma": sigma},
+        }
+    )
+    optimizer = build_optimizer(spec)
+    first = np.array([optimizer.ask().value for _ in range(400)])
+    assert first.std(axis=0).mean() == pytest.approx(sigma, rel=0.1)
+
+
 def test_trust_region_starts_at_the_base_hps_and_adapts_its_radius():
     optimizer = build_optimizer(make_spec("trust_region"))
     assert isinstance(optimizer, TrustRegionSearch)
