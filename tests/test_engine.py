@@ -34,6 +34,7 @@ def tiny_spec(**overrides) -> SearchSpec:
     return SearchSpec.model_validate(sections)
 
 
+BELOW_THE_CLIFF = {"log2_bounds": [-1.0, 1.0]}  # trial_fns.synthetic diverges above +1.5 octaves of LR
 EXECUTORS: list[RayExecutor] = []
 
 
@@ -113,7 +114,7 @@ def test_diverged_candidates_are_told_a_penalty_and_never_ranked_best(sessions):
 
 
 def test_a_dead_worker_is_retried_with_the_same_candidate(sessions, tmp_path):
-    spec = tiny_spec(optimizer={"population": 2, "generations": 1})
+    spec = tiny_spec(optimizer={"population": 2, "generations": 1}, search_space=BELOW_THE_CLIFF)
     search = Commands(sessions).create(spec)
     engine = make_engine(sessions, functools.partial(trial_fns.crash_once, str(tmp_path)))
     run_until(engine, sessions, search.id, finished)
@@ -164,7 +165,7 @@ def test_a_trial_out_of_memory_fails_with_the_allocators_message(sessions):
 
 
 def test_a_worker_killed_by_the_oom_killer_is_retried_with_the_same_candidate(sessions, tmp_path):
-    spec = tiny_spec(optimizer={"population": 2, "generations": 2})
+    spec = tiny_spec(optimizer={"population": 2, "generations": 2}, search_space=BELOW_THE_CLIFF)
     search = Commands(sessions).create(spec)
     engine = make_engine(sessions, functools.partial(trial_fns.oom_killed_once, str(tmp_path)))
     assert run_until(engine, sessions, search.id, finished).status == "completed"
