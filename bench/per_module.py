@@ -11,7 +11,8 @@ Each result goes through the service's export. Then each is trained with fresh s
 target shape, using the export's base section: the Complete(d)P rules re-materialise its HPs there. Reported:
 final validation losses (mean ± std over seeds), and the **speed-up**, as the paper measures it: the tokens
 the global-HP run needs to reach the per-module run's final loss, over the per-module run's tokens (from the
-evaluation curves, interpolated; "not reached" if it never does).
+seed-mean evaluation curves, interpolated; below 1 when the global HPs get there first; "not reached" if
+they never do within the same budget).
 
     python bench/per_module.py                      # about 25 minutes on 2 cores
     python bench/per_module.py --population 4 --generations 2 --steps 40 --seeds 1   # a smoke test
@@ -154,7 +155,8 @@ def summarise(runs: list[dict]) -> dict:
         final_tokens = curves[0][-1][0]
         mean_curve = [(t, statistics.fmean(c[i][1] for c in curves)) for i, (t, _) in enumerate(curves[0])]
         needed = tokens_to_reach(mean_curve, target) if target is not None else None
-        row["speed_up"] = None if needed is None else final_tokens / needed
+        # > 1: the global HPs need more tokens than the per-module run used (None: more than their whole budget)
+        row["speed_up"] = None if needed is None else needed / final_tokens
         row["global_reaches_per_module_loss"] = needed is not None
         summary[where] = row
     return summary
