@@ -180,14 +180,14 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _open_store(open_: Callable, url: str | None) -> object:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from hpo_service.store.database import StoreError
+    from hpo_service.store.database import StoreError, driver_message
 
     try:
         return open_(url)
     except StoreError as exc:
         raise CLIError(str(exc)) from None
     except SQLAlchemyError as exc:
-        raise CLIError(f"cannot open the database: {str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}") from None
+        raise CLIError(f"cannot open the database: {driver_message(exc)}") from None
 
 
 def _redacted(url: str) -> str:

@@ -17,7 +17,6 @@ from hpo_service.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from hpo_service.api.origin import SameOriginWrites
 from hpo_service.engine.commands import Commands
 from hpo_service.engine.engine import Engine
-from hpo_service.engine.entrypoints import allowed_patterns
 from hpo_service.store.database import check_writable, database_url, make_engine, session_factory, upgrade
 
 
@@ -72,11 +71,11 @@ def create_app(
     app.state.commands = Commands(sessions, wake=engine.wake if engine is not None else lambda: None)
     roots = data_roots if data_roots is not None else os.environ.get("HPO_DATA_ROOTS", os.getcwd()).split(os.pathsep)
     app.state.data_roots = [Path(root).expanduser().resolve() for root in roots if root]
-    app.state.allowed_trials = allowed_patterns(allowed_trials)
+    app.state.allowed_trials = _listed(allowed_trials, "HPO_ALLOWED_TRIALS")
     app.state.api_token = api_token if api_token is not None else os.environ.get("HPO_API_TOKEN") or None
     limit = max_body_bytes or int(os.environ.get("HPO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     app.add_middleware(BodySizeLimit, max_bytes=limit)
-    origins = _cors_origins(cors_origins)
+    origins = [origin.rstrip("/") for origin in _listed(cors_origins, "HPO_CORS_ORIGINS")]
     app.add_middleware(SameOriginWrites, allowed_origins=origins)
     if origins:
         app.add_middleware(
@@ -92,10 +91,10 @@ def create_app(
     return app
 
 
-def _cors_origins(configured: list[str] | None) -> list[str]:
-    """The origins whose pages may call the API: ``configured``, else ``HPO_CORS_ORIGINS`` (comma-separated)."""
-    origins = configured if configured is not None else os.environ.get("HPO_CORS_ORIGINS", "").split(",")
-    return [origin.strip().rstrip("/") for origin in origins if origin.strip()]
+def _listed(configured: list[str] | None, variable: str) -> list[str]:
+    """A list setting: ``configured`` if given, else the comma-separated environment ``variable``; no blanks."""
+    values = configured if configured is not None else os.environ.get(variable, "").split(",")
+    return [value.strip() for value in values if value.strip()]
 
 
 def _version() -> str:

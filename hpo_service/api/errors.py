@@ -7,6 +7,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from hpo_service.store.database import driver_message
+
 RETRY_AFTER_S = 5
 
 
@@ -16,8 +18,7 @@ def install(app: FastAPI) -> None:
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    orig = getattr(exc, "orig", None) or exc
-    reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    reason = driver_message(exc)
     return JSONResponse(
         status_code=503,
         content={"detail": f"the database cannot serve this request now ({reason}); nothing was changed, retry later"},

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import text
 
 from hpo_service.api.schemas import Health
+from hpo_service.store.database import driver_message
 
 router = APIRouter(prefix="/api", tags=["health"])
 
@@ -19,7 +20,7 @@ def health(request: Request, response: Response) -> Health:
             session.execute(text("SELECT 1"))
         database = "ok"
     except Exception as exc:
-        database = f"error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}"
+        database = f"error: {type(exc).__name__}: {driver_message(exc)}"
     engine = request.app.state.engine
     if engine is None:
         engine_state = "off"

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hpo_service.engine.executor import Event, Lost, RayExecutor, Resources, ensure_ray
 from hpo_service.engine.records import record_all
 from hpo_service.engine.runner import SearchRunner
-from hpo_service.store.database import transaction
+from hpo_service.store.database import driver_message, transaction
 from hpo_service.store.models import ACTIVE_SEARCH_STATUSES, ProgressPoint, Search, Trial, utcnow
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Engine:
                     log.warning("engine: the database is back; carrying on")
                     self.store_error, backoff = None, 0.0
             except DBAPIError as exc:
-                reason = _first_line(exc)
+                reason = f"{type(exc.orig or exc).__name__}: {driver_message(exc)}"
                 if reason != self.store_error:  # once per distinct problem, not once per retry
                     log.warning("engine: the database refused a write, retrying (nothing is lost): %s", reason)
                 self.store_error = reason
@@ -232,12 +232,6 @@ class Engine:
             search = session.get(Search, search_id)
             search.status, search.error, search.finished_at = "failed", error[:4000], utcnow()
         self._retire(search_id, "failed")
-
-
-def _first_line(exc: DBAPIError) -> str:
-    """The driver's own message (e.g. "database or disk is full"), without SQLAlchemy's SQL and links."""
-    message = str(exc.orig if exc.orig is not None else exc).strip()
-    return f"{type(exc.orig).__name__}: {message.splitlines()[0] if message else 'no message'}"
 
 
 def _requeue(session: Session, trial_ids: list[int]) -> None:

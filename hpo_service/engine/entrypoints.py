@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import os
 import re
 from collections.abc import Callable
 
@@ -22,14 +21,8 @@ class EntrypointError(ValueError):
     """The named trial function is not allowed here, or cannot be imported."""
 
 
-def allowed_patterns(configured: list[str] | None = None) -> list[str]:
-    """The server's allow-list: ``configured`` if given, else ``HPO_ALLOWED_TRIALS``; empty allows nothing."""
-    if configured is not None:
-        return [p for p in configured if p]
-    return [p.strip() for p in os.environ.get("HPO_ALLOWED_TRIALS", "").split(",") if p.strip()]
-
-
 def check_allowed(name: str, patterns: list[str]) -> None:
+    """Refuse ``name`` unless it matches one of the server's ``patterns``; no patterns allow nothing."""
     if not patterns:
         raise EntrypointError(
             f"names Python code to import ({name!r}); this server imports none "

@@ -39,10 +39,10 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     if parsed.database and parsed.database != ":memory:":
-        folder = Path(parsed.database).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise StoreError(f"cannot create the SQLite database {parsed.database}: {folder} is not a directory")
-        _check_sqlite_writable(Path(parsed.database).expanduser().resolve())
+        path = Path(parsed.database).expanduser().resolve()
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot create the SQLite database {parsed.database}: {path.parent} is not a directory")
+        _check_sqlite_writable(path)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -54,6 +54,14 @@ def make_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def driver_message(exc: BaseException) -> str:
+    """The database driver's own first line (e.g. "database or disk is full"), without SQLAlchemy's SQL and
+    links; the exception's type where the driver said nothing."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
 
 
 def _check_sqlite_writable(path: Path) -> None:
@@ -77,9 +85,8 @@ def check_writable(engine: Engine) -> None:
         with engine.begin() as connection:  # a write that changes nothing
             connection.execute(text("UPDATE alembic_version SET version_num = version_num"))
     except (OperationalError, ProgrammingError) as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         where = engine.url.render_as_string(hide_password=True)
-        raise StoreError(f"the database {where} cannot be written: {reason}") from None
+        raise StoreError(f"the database {where} cannot be written: {driver_message(exc)}") from None
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
