@@ -1,0 +1,40 @@
+"""The words for where a search or a trial stands, defined once: the store, the engine, the API, the CLI and
+the dashboard (through ``/api/meta``) all read them from here."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SearchStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class TrialStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DIVERGED = "diverged"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_SEARCH = frozenset({SearchStatus.QUEUED, SearchStatus.RUNNING, SearchStatus.PAUSED})
+FINAL_SEARCH = frozenset(SearchStatus) - ACTIVE_SEARCH  # a search in one of these never changes again
+
+FINAL_TRIAL = frozenset({TrialStatus.SUCCEEDED, TrialStatus.FAILED, TrialStatus.DIVERGED, TrialStatus.CANCELLED})
+# What a finished training run can report; the optimizer is told each of these (a penalty unless succeeded).
+TRIAL_OUTCOMES = frozenset({TrialStatus.SUCCEEDED, TrialStatus.DIVERGED, TrialStatus.FAILED})
+UNFINISHED_TRIAL = frozenset({TrialStatus.PENDING, TrialStatus.RUNNING})
+
+# The commands a user may give a search: the statuses each moves a search from, and the one it moves it to.
+SEARCH_COMMANDS: dict[str, tuple[frozenset[SearchStatus], SearchStatus]] = {
+    "pause": (frozenset({SearchStatus.QUEUED, SearchStatus.RUNNING}), SearchStatus.PAUSED),
+    "resume": (frozenset({SearchStatus.PAUSED}), SearchStatus.RUNNING),
+    "cancel": (ACTIVE_SEARCH, SearchStatus.CANCELLED),
+}
