@@ -72,7 +72,7 @@ def populate(sessions: sessionmaker[Session], trials: int = 5000, population: in
     rng = np.random.default_rng(seed)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     with sessions() as session, session.begin():
-        search = Search(name=spec.name, spec=spec.model_dump(mode="json"), spec_hash=spec.digest(), status="running")
+        search = Search(name=spec.name, spec_json=spec.model_dump(mode="json"), spec_hash=spec.digest(), status="running")
         search.created_at = search.started_at = start
         session.add(search)
         session.flush()

@@ -9,7 +9,6 @@ from importlib.metadata import version
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hpo_service.spec import SearchSpec
 from hpo_service.store.models import Search, Trial
 from trainer.hparams import Multipliers
 from trainer.parameterisation import Shape
@@ -43,7 +42,7 @@ def best_candidate(session: Session, search_id: int, replicates: int) -> list[Tr
 
 def build_export(session: Session, search: Search, target: Shape | None = None) -> dict:
     """The export of ``search`` for ``target`` (default: the proxy's own shape)."""
-    spec = SearchSpec.model_validate(search.spec)
+    spec = search.spec
     config = spec.train_config()
     trials = best_candidate(session, search.id, spec.optimizer.replicates)
     multipliers = Multipliers.from_dict(trials[0].multipliers).to_dict()

@@ -170,7 +170,7 @@ def test_specs_may_read_files_under_the_data_roots_and_are_stored_absolute(roote
     response = client.post("/api/searches", json=with_data(f"text:{root}/./corpus.txt"))
     assert response.status_code == 201
     with client.app.state.sessions() as session:
-        assert session.get(Search, response.json()["id"]).spec["training"]["data"] == f"text:{root / 'corpus.txt'}"
+        assert session.get(Search, response.json()["id"]).spec.training.data == f"text:{root / 'corpus.txt'}"
 
 
 @pytest.mark.parametrize("source", ["text:/etc/passwd", "tokens:/etc/hostname:uint16", "text:{root}/../secret.txt",
@@ -217,4 +217,4 @@ def test_an_allowed_trial_function_is_accepted_and_stored(db_url):
         response = client.post("/api/searches", json=with_trial("tests.trial_fns:synthetic"))
         assert response.status_code == 201
         with client.app.state.sessions() as session:
-            assert session.get(Search, response.json()["id"]).spec["execution"]["trial"] == "tests.trial_fns:synthetic"
+            assert session.get(Search, response.json()["id"]).spec.execution.trial == "tests.trial_fns:synthetic"

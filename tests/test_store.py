@@ -64,7 +64,7 @@ def trial(search_id: int, index: int, status: str, loss: float | None) -> Trial:
 
 def test_best_loss_counts_only_trials_that_succeeded(sessions):
     with transaction(sessions) as session:
-        search = Search(name="s", spec={}, spec_hash="0" * 64)
+        search = Search(name="s", spec_json={}, spec_hash="0" * 64)
         session.add(search)
         session.flush()
         session.add_all(

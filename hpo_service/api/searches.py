@@ -194,7 +194,7 @@ def export_search(
     """The best candidate's per-module HPs, with provenance, materialised for a target shape (default: the
     proxy's). Unset target fields keep the proxy's value."""
     search = search_or_404(session, search_id)
-    base = SearchSpec.model_validate(search.spec).train_config().base_shape()
+    base = search.spec.train_config().base_shape()
     target = Shape(
         width=width or base.width,
         depth=depth or base.depth,
@@ -220,21 +220,21 @@ def summaries(session: Session, searches: list[Search]) -> list[SearchSummary]:
     completed = queries.generations_completed(session, ids)
     result = []
     for search in searches:
-        optimizer = search.spec["optimizer"]
+        optimizer = search.spec.optimizer
         result.append(
             SearchSummary(
                 id=search.id,
                 name=search.name,
                 status=search.status,
                 spec_hash=search.spec_hash,
-                optimizer=optimizer["name"],
+                optimizer=optimizer.name,
                 created_at=search.created_at,
                 started_at=search.started_at,
                 finished_at=search.finished_at,
                 error=search.error,
                 trials=counts[search.id],
-                budget=optimizer["population"] * optimizer["generations"] * optimizer["replicates"],
-                generations=optimizer["generations"],
+                budget=optimizer.population * optimizer.generations * optimizer.replicates,
+                generations=optimizer.generations,
                 generations_completed=completed[search.id],
                 best_loss=best[search.id],
             )

@@ -18,7 +18,7 @@ RESIDUAL_COLUMN = "branch scale"
 
 
 def multipliers(session: Session, search: Search, top_k: int) -> Multipliers:
-    spec = SearchSpec.model_validate(search.spec)
+    spec = search.spec
     names = spec.search_space.coordinates(spec.model.depth)
     return Multipliers(
         bounds=spec.search_space.log2_bounds,

@@ -36,7 +36,7 @@ class Commands:
 
     def create(self, spec: SearchSpec) -> Search:
         with transaction(self.sessions) as session:
-            search = Search(name=spec.name, spec=spec.model_dump(mode="json"), spec_hash=spec.digest())
+            search = Search(name=spec.name, spec_json=spec.model_dump(mode="json"), spec_hash=spec.digest())
             session.add(search)
         self.wake()
         return search

@@ -105,7 +105,7 @@ def _record_loss_of_worker(session: Session, trial_id: int, reason: str) -> None
     trial = session.get(Trial, trial_id)
     if trial is None or trial.status != "running":
         return
-    max_retries = session.get(Search, trial.search_id).spec.get("execution", {}).get("max_retries", 1)
+    max_retries = session.get(Search, trial.search_id).spec.execution.max_retries
     session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id == trial_id))
     if trial.attempts <= max_retries:
         trial.status, trial.error = "pending", f"worker lost, retrying: {reason}"

@@ -54,7 +54,7 @@ class SearchRunner:
     @classmethod
     def load(cls, session: Session, search: Search) -> SearchRunner:
         """The runner of ``search``, from its last snapshot; a new search gets its first generation here."""
-        spec = SearchSpec.model_validate(search.spec)
+        spec = search.spec
         state = session.get(OptimizerState, search.id)
         if state is None:
             runner = cls(search.id, spec, build_optimizer(spec), [], -1)

@@ -7,6 +7,8 @@ was asked, they restore a search exactly (see ``hpo_service.engine.runner``).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +23,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from hpo_service.spec import SearchSpec
 
 SEARCH_STATUSES = ("queued", "running", "paused", "completed", "cancelled", "failed")
 ACTIVE_SEARCH_STATUSES = ("queued", "running", "paused")
@@ -42,12 +47,19 @@ class Search(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
-    spec: Mapped[dict] = mapped_column(JSON)
+    spec_json: Mapped[dict] = mapped_column("spec", JSON)  # as submitted (defaults filled in); read ``spec``
     spec_hash: Mapped[str] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @cached_property
+    def spec(self) -> SearchSpec:
+        """The stored spec, parsed once per loaded row."""
+        from hpo_service.spec import SearchSpec
+
+        return SearchSpec.model_validate(self.spec_json)
 
 
 class Generation(Base):
