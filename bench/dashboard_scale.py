@@ -33,15 +33,15 @@ import httpx
 import numpy as np
 import uvicorn
 import yaml
-from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from hpo_service.api.app import create_app
 from hpo_service.engine.runner import materialised_at_base
 from hpo_service.spec import SearchSpec
-from hpo_service.store.database import database_url, make_engine, session_factory, upgrade
-from hpo_service.store.models import Generation, ProgressPoint, Search, Trial
+from hpo_service.statuses import TRIAL_OUTCOMES, TrialStatus
+from hpo_service.store import queries, writes
+from hpo_service.store.database import database_url, open_database, session_factory, transaction, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -71,66 +71,54 @@ def populate(sessions: sessionmaker[Session], trials: int = 5000, population: in
     low, high = spec.search_space.log2_bounds
     rng = np.random.default_rng(seed)
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    with sessions() as session, session.begin():
-        search = Search(name=spec.name, spec_json=spec.model_dump(mode="json"), spec_hash=spec.digest(), status="running")
-        search.created_at = search.started_at = start
-        session.add(search)
-        session.flush()
-        search_id = search.id
-        optimum = rng.normal(0, 1, dimension)
-        hps = materialised_at_base(config, spec.multipliers([0.0] * dimension), False)  # a realistic size
-        generations = -(-trials // population)
-        rows, generation_rows = [], []
-        for i in range(trials):
-            g, index = divmod(i, population)
-            vector = np.clip(optimum + rng.normal(0, 2.0 * 0.93**g, dimension), low, high)
-            status = _status(rng.random(), last=g == generations - 1, position=index / population)
-            ended = status in ("succeeded", "diverged", "failed")
-            loss = 2.3 + 0.02 * float(np.mean((vector - optimum) ** 2)) + rng.normal(0, 0.01)
-            rows.append(
-                {
-                    "search_id": search_id,
-                    "generation": g,
-                    "index": index,
-                    "replicate": 0,
-                    "seed": int(rng.integers(2**31)),
-                    "status": status,
-                    "attempts": int(status != "pending"),
-                    "vector": vector.tolist(),
-                    "multipliers": spec.multipliers(vector.tolist()).to_dict(),
-                    "hps": hps,
-                    "loss": loss if status == "succeeded" else None,
-                    "train_loss": loss + 0.05 if ended else None,
-                    "steps": 60 if ended else None,
-                    "node": "10.0.0.1" if status != "pending" else None,
-                    "error": "worker lost: node died" if status == "failed" else None,
-                    "wall_time_s": 3.0 if ended else None,
-                    "started_at": start + timedelta(seconds=2 * i) if status != "pending" else None,
-                    "finished_at": start + timedelta(seconds=2 * i + 3) if ended else None,
-                }
-            )
+    generations = -(-trials // population)
+    optimum = rng.normal(0, 1, dimension)
+    hps = materialised_at_base(config, spec.multipliers([0.0] * dimension), False)  # a realistic size
+    with transaction(sessions) as session:
+        search_id = writes.create_search(session, spec.name, spec.model_dump(mode="json"), spec.digest()).id
+        writes.start_search(session, search_id)
         for g in range(generations):
-            done = g < generations - 1
-            generation_rows.append(
-                {"search_id": search_id, "number": g, "status": "completed" if done else "running", "created_at": start}
-            )
-        connection = session.connection()  # Core executemany: the ORM's bulk insert splits rows on None values
-        connection.execute(insert(Generation.__table__), generation_rows)
-        connection.execute(insert(Trial.__table__), rows)
-        ids = session.execute(
-            select(Trial.id, Trial.status, Trial.loss).where(Trial.search_id == search_id).order_by(Trial.id)
-        ).all()
+            rows = []
+            for index in range(min(population, trials - g * population)):
+                i = g * population + index
+                vector = np.clip(optimum + rng.normal(0, 2.0 * 0.93**g, dimension), low, high)
+                status = _status(rng.random(), last=g == generations - 1, position=index / population)
+                ended = status in TRIAL_OUTCOMES
+                loss = 2.3 + 0.02 * float(np.mean((vector - optimum) ** 2)) + rng.normal(0, 0.01)
+                rows.append(
+                    {
+                        "index": index,
+                        "replicate": 0,
+                        "seed": int(rng.integers(2**31)),
+                        "status": status,
+                        "attempts": int(status != TrialStatus.PENDING),
+                        "vector": vector.tolist(),
+                        "multipliers": spec.multipliers(vector.tolist()).to_dict(),
+                        "hps": hps,
+                        "loss": loss if status == TrialStatus.SUCCEEDED else None,
+                        "train_loss": loss + 0.05 if ended else None,
+                        "steps": 60 if ended else None,
+                        "node": "10.0.0.1" if status != TrialStatus.PENDING else None,
+                        "error": "worker lost: node died" if status == TrialStatus.FAILED else None,
+                        "wall_time_s": 3.0 if ended else None,
+                        "started_at": start + timedelta(seconds=2 * i) if status != TrialStatus.PENDING else None,
+                        "finished_at": start + timedelta(seconds=2 * i + 3) if ended else None,
+                    }
+                )
+            writes.add_generation(session, search_id, g, rows, spec.optimizer.name, snapshot=b"")
+            if g < generations - 1:
+                writes.end_generation(session, search_id, g, writes.GenerationSummary(None, None, 0, 0))
         points = []
-        for trial_id, status, loss in ids:
-            if status == "pending":
+        for trial_id, status, loss in queries.trial_outcomes(session, search_id):
+            if status == TrialStatus.PENDING:
                 continue
-            steps = 60 if status != "running" else 25
+            steps = 60 if status != TrialStatus.RUNNING else 25
             final = loss if loss is not None else 2.5
             for step in range(1, steps + 1):
                 train = final + 3.0 * np.exp(-step / 12) + rng.normal(0, 0.02)
                 val = final + 3.0 * np.exp(-step / 12) if step % 6 == 0 else None
-                points.append({"trial_id": trial_id, "step": step, "train_loss": train, "val_loss": val})
-        connection.execute(insert(ProgressPoint.__table__), points)
+                points.append((trial_id, step, {"train_loss": train, "val_loss": val}))
+        writes.record_progress(session, points)
     return search_id
 
 
@@ -278,7 +266,7 @@ def fresh_database(kind: str, postgres: str, folder: Path) -> Iterator[str]:
 
 
 def bench_backend(url: str, args: argparse.Namespace) -> dict:
-    engine = make_engine(url)
+    engine = open_database(url)
     tick = time.perf_counter()
     search_id = populate(session_factory(engine), args.trials, args.population)
     result: dict = {"populate_s": time.perf_counter() - tick}

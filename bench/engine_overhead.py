@@ -7,12 +7,16 @@ The trial itself costs nothing (a sum of squares of the multipliers), so what is
 Optuna: the same number of trials over the same box (``spec.dimension()`` floats in the log2 bounds), with
 the same objective, in the plain loop ``trial = study.ask(distributions); study.tell(trial, value)`` on
 ``RDBStorage`` (CMA-ES with the same population, and the default TPE). Both run on a fresh SQLite file and on
-a fresh PostgreSQL database each. Two floors isolate the dispatch: the same number of no-op Ray tasks
-(submit, wait, get) and the executor alone (``RayExecutor.submit``/``poll`` with the engine's payloads).
-One-time startup (Ray, migrations, Optuna's tables, the first Ray workers) is timed separately.
+a fresh PostgreSQL database each, with the same store settings: Optuna's SQLite connections get the pragmas
+our store's engine reports (WAL, ``synchronous``, foreign keys, busy timeout; Optuna's default is a rollback
+journal with full syncs), its PostgreSQL connections are pinged before use as ours are, and the settings each
+side ran with are read back from its own connections and recorded. Two floors isolate the dispatch: the same
+number of no-op Ray tasks (submit, wait, get) and the executor alone (``RayExecutor.submit``/``poll`` with the
+engine's payloads). One-time startup (Ray, migrations, Optuna's tables, the first Ray workers) is timed apart.
 
     python bench/engine_overhead.py      # 500 trials, SQLite and PostgreSQL: about 5.5 minutes on 2 cores
     python bench/engine_overhead.py --trials 200 --population 20 --postgres none --samplers cma
+    python bench/engine_overhead.py --trials 40 --repeats 1 --optuna-repeats 1 --out /tmp/eo.json  # a smoke run
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -39,7 +44,8 @@ import numpy as np
 import optuna
 import ray
 import yaml
-from sqlalchemy import func, select
+from sqlalchemy import Engine as SqlEngine
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,10 +53,12 @@ from hpo_service.engine.commands import Commands
 from hpo_service.engine.engine import Engine
 from hpo_service.engine.executor import Finished, RayExecutor, Resources, ensure_ray
 from hpo_service.spec import SearchSpec
-from hpo_service.store.database import database_url, make_engine, session_factory, upgrade
+from hpo_service.store.database import database_url, open_database, session_factory, upgrade
 from hpo_service.store.models import Search, Trial
 
 ROOT = Path(__file__).resolve().parents[1]
+SQLITE_PRAGMAS = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")  # what a commit costs
+POSTGRES_SETTINGS = ("synchronous_commit", "fsync")
 
 
 def zero_cost_trial(payload: dict, report: Callable[[int, dict[str, float]], None]) -> dict:
@@ -140,6 +148,44 @@ def fresh_database(kind: str, admin_url: str | None, folder: Path) -> Iterator[s
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def store_settings(db: SqlEngine) -> dict[str, str]:
+    """The settings that decide what a commit costs, as a new connection of ``db`` reports them."""
+    if db.dialect.name == "sqlite":
+        queries = {name: f"PRAGMA {name}" for name in SQLITE_PRAGMAS}
+    else:
+        queries = {name: f"SHOW {name}" for name in POSTGRES_SETTINGS}
+    with db.connect() as connection:
+        return {name: str(connection.exec_driver_sql(query).scalar()) for name, query in queries.items()}
+
+
+def _apply_pragmas(pragmas: dict[str, str], dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    for name, value in pragmas.items():
+        cursor.execute(f"PRAGMA {name}={value}")
+    cursor.close()
+
+
+def optuna_storage(url: str) -> tuple[optuna.storages.RDBStorage, dict[str, str]]:
+    """Optuna's ``RDBStorage`` on ``url`` with our store's settings, and those settings as read back from it.
+
+    SQLite: every Optuna connection gets the pragmas a connection of our ``open_database`` reports on the same
+    file. PostgreSQL: the server's settings are shared; connections are pinged before use, as ours are.
+    """
+    if make_url(url).get_backend_name() != "sqlite":
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return storage, store_settings(storage.engine)
+    ours = open_database(url)
+    wanted = store_settings(ours)
+    ours.dispose()
+    storage = optuna.storages.RDBStorage(url)
+    event.listen(storage.engine, "connect", partial(_apply_pragmas, wanted))
+    storage.engine.dispose()  # the connection that created Optuna's tables had Optuna's defaults
+    settings = store_settings(storage.engine)
+    if settings != wanted:
+        raise RuntimeError(f"Optuna's SQLite settings {settings} differ from ours {wanted}")
+    return storage, settings
+
+
 # -- ours --------------------------------------------------------------------------------------------------------
 
 
@@ -178,9 +224,10 @@ def bench_engine(url: str, args: argparse.Namespace) -> dict:
     trials = spec.optimizer.population * spec.optimizer.generations
     tick = time.perf_counter()
     upgrade(url)
-    db = make_engine(url)
+    db = open_database(url)
     sessions = session_factory(db)
     setup_s = time.perf_counter() - tick
+    settings = store_settings(db)
     engine = Engine(sessions)
     engine.executor = RayExecutor(trial_fn=zero_cost_trial)
     commands = Commands(sessions, wake=engine.wake)
@@ -197,6 +244,7 @@ def bench_engine(url: str, args: argparse.Namespace) -> dict:
     rates = [trials / wall for wall, _ in runs]
     result = {
         "trials": trials,
+        "store_settings": settings,
         "setup_s": setup_s,
         "warmup_search_s": warmup_s,
         "seconds": [wall for wall, _ in runs],
@@ -259,9 +307,9 @@ def bench_ray_floor(args: argparse.Namespace) -> dict:
                     executor.submit(next_id, payloads[index], resources)
                     waiting.add(next_id)
                     next_id += 1
-                for event in executor.poll(wait_s=0.05):
-                    if isinstance(event, Finished):
-                        waiting.discard(event.trial_id)
+                for happened in executor.poll(wait_s=0.05):
+                    if isinstance(happened, Finished):
+                        waiting.discard(happened.trial_id)
         return time.perf_counter() - tick
 
     bare()  # the workers
@@ -286,7 +334,7 @@ def bench_optuna(url: str, sampler_name: str, args: argparse.Namespace) -> dict:
         for name in spec.search_space.coordinates(spec.model.depth)
     }
     tick = time.perf_counter()
-    storage = optuna.storages.RDBStorage(url)
+    storage, settings = optuna_storage(url)
     setup_s = time.perf_counter() - tick
     times, cpu_times, splits = [], [], []
     for repeat in range(args.optuna_repeats):
@@ -309,6 +357,7 @@ def bench_optuna(url: str, sampler_name: str, args: argparse.Namespace) -> dict:
     rates = [trials / t for t in times]
     return {
         "trials": trials,
+        "store_settings": settings,
         "setup_s": setup_s,
         "seconds": times,
         "cpu_seconds": cpu_times,
@@ -426,7 +475,8 @@ def main() -> None:
                     f"{db}: Optuna {sampler} {theirs['median_trials_per_s']:,.1f} trials/s "
                     f"({', '.join(f'{r:,.1f}' for r in theirs['trials_per_s'])}), "
                     f"{theirs['median_cpu_ms_per_trial']:.2f} CPU ms/trial; "
-                    f"setup {theirs['setup_s']:.2f} s",
+                    f"setup {theirs['setup_s']:.2f} s; store settings {theirs['store_settings']} "
+                    f"(ours {ours['store_settings']})",
                     flush=True,
                 )
     ratios = {

@@ -2,10 +2,10 @@
 
 Seven optimizers get the same budget (``--population`` candidates per generation, the same generations) on the
 same box of log2 multipliers: the service's own ``cma``, ``diagonal_cma``, ``de``, ``trust_region`` and
-``random`` exactly as the engine drives them (``build_optimizer``; one population asked, evaluated, then told,
-diverged and failed candidates told ``penalty(worst finite loss so far, V)``), and Optuna's TPE and CMA-ES
-samplers through Optuna's own ``study.ask``/``study.tell`` with the same batch protocol and the same penalty
-(Optuna's ``FAIL`` state would let TPE and CMA-ES ignore what the service's optimizers are told to avoid).
+``random``, and Optuna's TPE and CMA-ES samplers (through ``study.ask``/``study.tell``), every one driven by
+the engine's own search policy (``hpo_service.engine.policy.GenerationalPolicy``): one population asked,
+evaluated, then told, diverged and failed candidates told ``penalty(worst finite loss so far, V)``. Optuna's
+``FAIL`` state would let TPE and CMA-ES ignore what the service's optimizers are told to avoid.
 
 - **synthetic** (8 × 12 trials, 20 seeds): a cheap stand-in for a per-module landscape, one instance per
   seed, in the real search's dimension: a rotated quadratic in log2 multipliers with condition number
@@ -41,12 +41,14 @@ from collections.abc import Callable
 from importlib.metadata import version
 from multiprocessing import Pool
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
 
-from hpo_service.engine.optimizers import build_optimizer, penalty
+from hpo_service.engine.policy import GenerationalPolicy, Outcome
 from hpo_service.spec import SearchSpec
+from hpo_service.statuses import TrialStatus
 
 OURS = ["cma", "diagonal_cma", "de", "trust_region", "random"]
 OPTUNA = ["optuna_tpe", "optuna_cma"]
@@ -55,8 +57,8 @@ FIELDS = ["optimizer", "seed", "trial", "generation", "status", "loss", "told", 
 FIELDS_REAL = [*FIELDS, "vector"]  # the candidate, in ``SearchSpace.coordinates`` order
 SYNTHETIC_FLOOR = 2.0
 
-Outcome = tuple[str, float | None, float]  # status, final loss (None unless succeeded), seconds
-Evaluate = Callable[[list[np.ndarray]], list[Outcome]]
+Evaluated = tuple[str, float | None, float]  # status, final loss (None unless succeeded), seconds
+Evaluate = Callable[[list[np.ndarray]], list[Evaluated]]
 
 
 def make_spec(args: argparse.Namespace, optimizer: str, seed: int, generations: int) -> SearchSpec:
@@ -82,27 +84,13 @@ def make_spec(args: argparse.Namespace, optimizer: str, seed: int, generations: 
     )
 
 
-# -- the optimizers, behind one ask-a-population / tell-it interface -----------------------------------------------
+# -- the optimizers, all driven by the service's own search policy ------------------------------------------------
 
 
-class ServiceOptimizer:
-    """One of the service's optimizers, asked and told as ``hpo_service.engine.runner`` does."""
-
-    def __init__(self, spec: SearchSpec) -> None:
-        self.optimizer = build_optimizer(spec)
-        self.population = spec.optimizer.population
-
-    def ask(self) -> list[np.ndarray]:
-        self.candidates = [self.optimizer.ask() for _ in range(self.population)]
-        return [np.asarray(c.value, dtype=float) for c in self.candidates]
-
-    def tell(self, losses: list[float]) -> None:
-        for candidate, loss in zip(self.candidates, losses, strict=True):
-            self.optimizer.tell(candidate, loss)
-
-
-class OptunaOptimizer:
-    """An Optuna sampler over the same box, a whole population asked before any of it is told.
+class OptunaSampler:
+    """An Optuna sampler over the same box, behind Nevergrad's ask/tell so that the service's policy drives it
+    exactly as it drives its own optimizers: a whole population asked before any of it is told, and the same
+    penalty for diverged candidates.
 
     Both keep Optuna's defaults but CMA-ES's ``popsize`` (the population, so that its generations are ours).
     Optuna infers the joint search space from completed trials, so under this protocol the first population
@@ -121,32 +109,39 @@ class OptunaOptimizer:
         low, high = spec.search_space.log2_bounds
         self.names = spec.search_space.coordinates(spec.model.depth)
         self.distributions = {name: optuna.distributions.FloatDistribution(low, high) for name in self.names}
-        self.population = population
 
-    def ask(self) -> list[np.ndarray]:
-        self.trials = [self.study.ask(self.distributions) for _ in range(self.population)]
-        return [np.array([t.params[name] for name in self.names]) for t in self.trials]
+    def ask(self) -> SimpleNamespace:
+        trial = self.study.ask(self.distributions)
+        return SimpleNamespace(trial=trial, value=np.array([trial.params[name] for name in self.names]))
 
-    def tell(self, losses: list[float]) -> None:
-        for trial, loss in zip(self.trials, losses, strict=True):
-            self.study.tell(trial, loss)
+    def tell(self, candidate: SimpleNamespace, loss: float) -> None:
+        self.study.tell(candidate.trial, loss)
+
+
+def make_policy(name: str, spec: SearchSpec) -> GenerationalPolicy:
+    """The policy the engine would run for ``spec``, or the same policy around an Optuna sampler."""
+    if name not in OPTUNA:
+        return GenerationalPolicy.from_spec(spec)
+    o = spec.optimizer
+    return GenerationalPolicy(
+        name,
+        OptunaSampler(spec, name),
+        population=o.population,
+        generations=o.generations,
+        replicates=1,
+        vocab_size=spec.model.vocab_size,
+    )
 
 
 def run_search(name: str, spec: SearchSpec, evaluate: Evaluate) -> list[dict]:
     """One search of ``spec``'s budget with optimizer ``name``: a row per trial, in ask order."""
-    optimizer = OptunaOptimizer(spec, name) if name in OPTUNA else ServiceOptimizer(spec)
+    policy = make_policy(name, spec)
     rows: list[dict] = []
-    worst: float | None = None
     best = math.inf
     for generation in range(spec.optimizer.generations):
-        vectors = optimizer.ask()
+        vectors = [np.asarray(v) for v in policy.ask()]
         outcomes = evaluate(vectors)
-        finite = [loss for status, loss, _ in outcomes if status == "succeeded"]
-        worst = max([*finite, *([] if worst is None else [worst])], default=None)  # as the runner: this gen too
-        told = [
-            loss if status == "succeeded" else penalty(worst, spec.model.vocab_size) for status, loss, _ in outcomes
-        ]
-        optimizer.tell(told)
+        told = policy.tell([[Outcome(TrialStatus(status), loss)] for status, loss, _ in outcomes]).values
         for vector, (status, loss, seconds), value in zip(vectors, outcomes, told, strict=True):
             best = min(best, value)
             rows.append(
@@ -189,7 +184,7 @@ class Landscape:
         delta = x - self.optimum
         return 0.5 * float(delta @ self.hessian @ delta)
 
-    def __call__(self, vectors: list[np.ndarray]) -> list[Outcome]:
+    def __call__(self, vectors: list[np.ndarray]) -> list[Evaluated]:
         return [
             ("diverged", None, 0.0)
             if np.any(v[self.is_lr] > self.cliff)
@@ -218,7 +213,7 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _train(packed: tuple) -> Outcome:
+def _train(packed: tuple) -> Evaluated:
     from trainer import run_trial
 
     config, multipliers = packed
@@ -233,7 +228,7 @@ def run_real(args: argparse.Namespace, write: Callable[[list[dict]], None]) -> N
                 spec = make_spec(args, name, seed, args.generations)
                 config = spec.train_config()
 
-                def evaluate(vectors: list[np.ndarray], spec: SearchSpec = spec, config=config) -> list[Outcome]:
+                def evaluate(vectors: list[np.ndarray], spec: SearchSpec = spec, config=config) -> list[Evaluated]:
                     return pool.map(_train, [(config, spec.multipliers(list(v))) for v in vectors], chunksize=1)
 
                 tick = time.perf_counter()

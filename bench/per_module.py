@@ -186,13 +186,13 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> None:
     args = parse_args()
     from hpo_service.engine import executor  # imports Ray, keeping the local Ray on loopback
-    from hpo_service.store.database import database_url, make_engine, session_factory, upgrade
+    from hpo_service.store.database import database_url, open_database, session_factory, upgrade
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         url = database_url(str(Path(tmp) / "hpo.db"))
         upgrade(url)
-        sessions = session_factory(make_engine(url))
+        sessions = session_factory(open_database(url))
         executor.ensure_ray(num_cpus=2)
         try:
             tied = {"modules": "all", "hps": HPS, "tied": True}

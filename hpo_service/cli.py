@@ -13,12 +13,16 @@ import yaml
 from pydantic import ValidationError
 
 from hpo_service import client
-from hpo_service.store.models import SEARCH_STATUSES
+from hpo_service.spec import SEARCH_SECTIONS
+from hpo_service.statuses import SEARCH_COMMANDS, SearchStatus, TrialStatus
 from trainer.config import TrainConfig
 from trainer.hparams import Multipliers
 
-# Sections a search spec adds on top of a training configuration; `hpo train` reads past them.
-SEARCH_SECTIONS = ("name", "search_space", "optimizer", "execution", "export_targets")
+COMMAND_HELP = {  # one for each of statuses.SEARCH_COMMANDS
+    "pause": "let running trials finish, start no new ones",
+    "resume": "carry on",
+    "cancel": "stop the search and its running trials",
+}
 
 
 CLIError = client.ClientError  # one kind of error for the user, one line and exit status 2, for every command
@@ -93,7 +97,7 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     submit.set_defaults(handler=client.submit)
 
     listing = commands.add_parser("list", help="the searches, newest first")
-    listing.add_argument("--status", choices=SEARCH_STATUSES)
+    listing.add_argument("--status", choices=list(SearchStatus))
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
     server_option(listing)
@@ -111,9 +115,8 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     server_option(watch)
     watch.set_defaults(handler=client.watch)
 
-    for name, what in (("pause", "let running trials finish, start no new ones"), ("resume", "carry on"),
-                       ("cancel", "stop the search and its running trials")):  # fmt: skip
-        control = commands.add_parser(name, help=f"{what}")
+    for name in SEARCH_COMMANDS:
+        control = commands.add_parser(name, help=COMMAND_HELP[name])
         control.add_argument("search_id", type=int)
         server_option(control)
         control.set_defaults(handler=client.command)
@@ -220,7 +223,7 @@ def _train(args: argparse.Namespace) -> int:
         )
         if result.reason:
             print(f"reason: {result.reason}")
-    return 1 if result.status == "failed" else 0
+    return 1 if result.status == TrialStatus.FAILED else 0
 
 
 def load_train_config(path: Path, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import yaml
 
+from hpo_service.statuses import FINAL_SEARCH, GenerationStatus, SearchStatus
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-FINAL_STATUSES = ("completed", "cancelled", "failed")
 
 
 class ClientError(Exception):
@@ -80,9 +81,8 @@ def list_searches(args: argparse.Namespace) -> int:
         return 0
     print(f"{'id':>5}  {'name':<24} {'status':<10} {'optimizer':<12} {'trials':>11}  {'best loss':>9}")
     for s in page["searches"]:
-        done = sum(n for status, n in s["trials"].items() if status not in ("pending", "running"))
         best = "" if s["best_loss"] is None else f"{s['best_loss']:.4f}"
-        progress = f"{done}/{s['budget']}"
+        progress = f"{s['ended']}/{s['budget']}"
         print(f"{s['id']:>5}  {s['name'][:24]:<24} {s['status']:<10} {s['optimizer']:<12} {progress:>11}  {best:>9}")
     if page["total"] > len(page["searches"]):
         print(f"({len(page['searches'])} of {page['total']}; --limit shows more)")
@@ -136,22 +136,21 @@ def watch(args: argparse.Namespace) -> int:
     shown_generations = 0
     with tqdm(total=search["budget"], unit="trial", desc=search["name"], file=sys.stderr, disable=None) as bar:
         while True:
-            ended = sum(n for s, n in search["trials"].items() if s not in ("pending", "running"))
-            bar.update(ended - bar.n)
+            bar.update(search["ended"] - bar.n)
             best = search["best_loss"]
             bar.set_postfix(status=search["status"], best="n/a" if best is None else f"{best:.4f}")
             generations = request("GET", args.server, f"/api/searches/{args.search_id}/generations")
             for g in generations[shown_generations:]:
-                if g["status"] != "completed":
+                if g["status"] != GenerationStatus.COMPLETED:
                     break
                 tqdm.write(_generation_line(g), file=sys.stdout)
                 shown_generations += 1
-            if search["status"] in FINAL_STATUSES:
+            if search["status"] in FINAL_SEARCH:
                 break
             time.sleep(args.interval)
             search = request("GET", args.server, f"/api/searches/{args.search_id}")
     _print_top(args, search)
-    return 0 if search["status"] == "completed" else 1
+    return 0 if search["status"] == SearchStatus.COMPLETED else 1
 
 
 def _generation_line(g: dict) -> str:

@@ -13,29 +13,14 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from hpo_service.engine.entrypoints import ENTRYPOINT
-from trainer.config import BaseHPsSection, ModelSection, ParameterisationSection, Section, ShapeSection, TrainConfig
-from trainer.config import TrainingSection as _TrainingSection
-from trainer.data import DataError, source_path
-from trainer.hparams import BLOCK_MODULE_TYPES, HP_NAMES, INIT_STD_MODULE_TYPES, RESIDUAL_BRANCHES, Multipliers
-from trainer.model import MODULE_TYPES
+from trainer.config import Section, TrainConfig
+from trainer.hparams import HP_NAMES, INIT_STD_MODULE_TYPES, RESIDUAL_BRANCHES, Multipliers
+from trainer.model import BLOCK_MODULE_TYPES, MODULE_TYPES
+from trainer.parameterisation import Shape
 
 OptimizerName = Literal["cma", "diagonal_cma", "de", "oneplusone", "ngopt", "random", "trust_region"]
 MIN_POPULATION = {"cma": 2, "diagonal_cma": 2, "de": 4}  # recombination needs parents (DE: three others)
 MAX_TRIALS = 1_000_000  # population × generations × replicates: a search larger than this is a typo
-
-
-class TrainingSection(_TrainingSection):
-    steps: int = Field(60, gt=0, le=10_000_000, description="Optimiser steps per trial.")
-    batch_size: int = Field(16, gt=0, le=1_000_000, description="Sequences per optimiser step.")
-
-    @field_validator("data")
-    @classmethod
-    def _known_source(cls, data: str) -> str:
-        try:
-            source_path(data)
-        except DataError as exc:
-            raise ValueError(str(exc)) from None
-        return data
 
 
 class SearchSpace(Section):
@@ -176,18 +161,14 @@ class ExecutionSection(Section):
         return trial
 
 
-class SearchSpec(Section):
-    """Everything a search needs. Every spec is also a valid ``trainer`` training configuration."""
+class SearchSpec(TrainConfig):
+    """A training configuration (the proxy's) plus what to search, with which optimizer, on what resources."""
 
     name: str = Field(min_length=1, max_length=200)
-    model: ModelSection = ModelSection()
-    training: TrainingSection = TrainingSection()
-    parameterisation: ParameterisationSection = ParameterisationSection()
-    base_hps: BaseHPsSection = BaseHPsSection()
     search_space: SearchSpace = SearchSpace()
     optimizer: OptimizerSection = OptimizerSection()
     execution: ExecutionSection = ExecutionSection()
-    export_targets: list[ShapeSection] = Field(default_factory=list, max_length=64)
+    export_targets: list[Shape] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _sane_budget(self) -> SearchSpec:
@@ -201,12 +182,8 @@ class SearchSpec(Section):
 
     def train_config(self) -> TrainConfig:
         """The proxy's training configuration, with the base shape pinned to the proxy's own shape."""
-        return TrainConfig(
-            model=self.model,
-            training=_TrainingSection(**self.training.model_dump()),
-            parameterisation=self.parameterisation,
-            base_hps=self.base_hps,
-        ).with_base_shape_pinned()
+        sections = {section: getattr(self, section) for section in TrainConfig.model_fields}
+        return TrainConfig(**sections).with_base_shape_pinned()
 
     def dimension(self) -> int:
         return len(self.search_space.coordinates(self.model.depth))
@@ -218,3 +195,7 @@ class SearchSpec(Section):
         """SHA-256 of the canonical JSON of the spec (defaults filled in): the provenance of a result."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# What a search spec adds to a training configuration (`hpo train` reads a spec past them).
+SEARCH_SECTIONS = tuple(field for field in SearchSpec.model_fields if field not in TrainConfig.model_fields)

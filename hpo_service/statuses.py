@@ -24,6 +24,11 @@ class TrialStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class GenerationStatus(StrEnum):
+    RUNNING = "running"  # some of its trials are still to end
+    COMPLETED = "completed"  # all ended, and the optimizer was told
+
+
 ACTIVE_SEARCH = frozenset({SearchStatus.QUEUED, SearchStatus.RUNNING, SearchStatus.PAUSED})
 FINAL_SEARCH = frozenset(SearchStatus) - ACTIVE_SEARCH  # a search in one of these never changes again
 

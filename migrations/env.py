@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from hpo_service.store.database import database_url, make_engine
+from hpo_service.store.database import database_url, open_database
 from hpo_service.store.models import Base
 
 config = context.config
@@ -11,7 +11,7 @@ target_metadata = Base.metadata
 
 def run_migrations_online() -> None:
     url = config.attributes.get("url") or database_url()
-    engine = make_engine(url)
+    engine = open_database(url)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
-import hpo_service.engine.executor  # noqa: F401  (before any test imports ray: keeps the local Ray on loopback)
-from hpo_service.store.database import database_url, make_engine, session_factory, upgrade
+from hpo_service.store.database import database_url, open_database, session_factory, upgrade
 
 POSTGRES = os.environ.get("HPO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
@@ -59,7 +58,7 @@ def db_url(fresh_database: str) -> str:
 
 @pytest.fixture
 def sessions(db_url: str):
-    engine = make_engine(db_url)
+    engine = open_database(db_url)
     yield session_factory(engine)
     engine.dispose()
 

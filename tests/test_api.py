@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from hpo_service.api.app import create_app
+from hpo_service.api.settings import settings_of
+from hpo_service.statuses import SearchStatus, TrialStatus
 from hpo_service.store.models import Search, Trial
 
 TINY = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "tiny.yaml").read_text())
@@ -22,7 +24,7 @@ def client(db_url):
 
 
 def count_searches(client) -> int:
-    with client.app.state.sessions() as session:
+    with settings_of(client.app).sessions() as session:
         return session.scalar(select(func.count()).select_from(Search))
 
 
@@ -57,15 +59,16 @@ def test_a_bad_spec_is_a_422_naming_the_field_and_stores_nothing(client, change,
     assert count_searches(client) == 0
 
 
-def test_unknown_searches_are_404(client):
-    assert client.get("/api/searches/999").status_code == 404
-    assert client.get("/api/searches/999/trials").status_code == 404
+def test_unknown_searches_are_404_on_every_route_that_names_one(client):
+    for path in ("", "/generations", "/trials", "/trials/1", "/export", "/dashboard/outcomes"):
+        response = client.get(f"/api/searches/999{path}")
+        assert (response.status_code, response.json()) == (404, {"detail": "no search with id 999"}), path
     assert client.post("/api/searches/999/pause").status_code == 404
 
 
 def test_trials_page_through_in_asked_order(client):
     search_id = client.post("/api/searches", json=TINY).json()["id"]
-    with client.app.state.sessions() as session, session.begin():
+    with settings_of(client.app).sessions() as session, session.begin():
         session.add_all(
             Trial(search_id=search_id, generation=g, index=i, seed=0, vector=[0.0], multipliers={}, hps={})
             for g in range(3)
@@ -77,13 +80,41 @@ def test_trials_page_through_in_asked_order(client):
     assert client.get(f"/api/searches/{search_id}/trials", params={"limit": 0}).status_code == 422
 
 
-def test_commands_follow_the_search_status(client):
+def test_commands_follow_the_search_status_and_the_summary_says_which_apply(client):
     search_id = client.post("/api/searches", json=TINY).json()["id"]
+
+    def allowed() -> list[str]:
+        return client.get(f"/api/searches/{search_id}").json()["commands"]
+
+    assert allowed() == ["pause", "cancel"]
     assert client.post(f"/api/searches/{search_id}/resume").status_code == 409  # queued, not paused
     assert client.post(f"/api/searches/{search_id}/pause").json()["status"] == "paused"
+    assert allowed() == ["resume", "cancel"]
     assert client.post(f"/api/searches/{search_id}/resume").json()["status"] == "running"
+    assert allowed() == ["pause", "cancel"]
     assert client.post(f"/api/searches/{search_id}/cancel").json()["status"] == "cancelled"
+    assert allowed() == []
     assert client.post(f"/api/searches/{search_id}/pause").status_code == 409
+
+
+def test_a_summary_counts_the_trials_by_status_and_those_that_ended(client):
+    search_id = client.post("/api/searches", json=TINY).json()["id"]
+    statuses = ["pending", "running", "succeeded", "succeeded", "diverged", "failed", "cancelled"]
+    with settings_of(client.app).sessions() as session, session.begin():
+        session.add_all(
+            Trial(search_id=search_id, generation=0, index=i, seed=0, vector=[0.0], multipliers={}, hps={}, status=s)
+            for i, s in enumerate(statuses)
+        )
+    summary = client.get(f"/api/searches/{search_id}").json()
+    assert summary["trials"] == {"pending": 1, "running": 1, "succeeded": 2, "failed": 1, "diverged": 1, "cancelled": 1}
+    assert summary["ended"] == 5
+    (listed,) = client.get("/api/searches").json()["searches"]
+    assert listed["ended"] == 5 and listed["commands"] == ["pause", "cancel"]
+
+
+def test_meta_lists_the_statuses_searches_and_trials_may_be_in(client):
+    meta = client.get("/api/meta").json()
+    assert meta == {"search_statuses": list(SearchStatus), "trial_statuses": list(TrialStatus)}
 
 
 def test_a_yaml_body_is_accepted_as_the_spec(client):
@@ -169,8 +200,17 @@ def test_specs_may_read_files_under_the_data_roots_and_are_stored_absolute(roote
     client, root = rooted
     response = client.post("/api/searches", json=with_data(f"text:{root}/./corpus.txt"))
     assert response.status_code == 201
-    with client.app.state.sessions() as session:
+    with settings_of(client.app).sessions() as session:
         assert session.get(Search, response.json()["id"]).spec.training.data == f"text:{root / 'corpus.txt'}"
+
+
+def test_a_token_files_type_is_kept_when_its_path_is_stored_absolute(rooted):
+    client, root = rooted
+    (root / "ids.bin").write_bytes(bytes(4096))
+    response = client.post("/api/searches", json=with_data(f"tokens:{root}/./ids.bin:uint32"))
+    assert response.status_code == 201, response.text
+    with settings_of(client.app).sessions() as session:
+        assert session.get(Search, response.json()["id"]).spec.training.data == f"tokens:{root / 'ids.bin'}:uint32"
 
 
 @pytest.mark.parametrize("source", ["text:/etc/passwd", "tokens:/etc/hostname:uint16", "text:{root}/../secret.txt",
@@ -216,5 +256,5 @@ def test_an_allowed_trial_function_is_accepted_and_stored(db_url):
     with TestClient(create_app(db_url, run_engine=False, allowed_trials=["tests.trial_fns:*"])) as client:
         response = client.post("/api/searches", json=with_trial("tests.trial_fns:synthetic"))
         assert response.status_code == 201
-        with client.app.state.sessions() as session:
+        with settings_of(client.app).sessions() as session:
             assert session.get(Search, response.json()["id"]).spec.execution.trial == "tests.trial_fns:synthetic"

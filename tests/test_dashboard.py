@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import insert, update
+from sqlalchemy import event, insert, update
 
 from hpo_service.api.app import create_app
+from hpo_service.api.settings import settings_of
 from hpo_service.dashboard.sampling import envelope, evenly
 from hpo_service.store.models import ProgressPoint, Trial
 
@@ -51,7 +54,7 @@ def add_trials(client, search_id: int, *trials: dict) -> list[int]:
                 "finished_at": START + timedelta(seconds=trial.get("ended", i)) if status != "running" else None,
             }
         )
-    with client.app.state.sessions() as session, session.begin():
+    with settings_of(client.app).sessions() as session, session.begin():
         return list(session.scalars(insert(Trial).returning(Trial.id), rows))
 
 
@@ -98,20 +101,45 @@ def test_the_best_loss_so_far_follows_the_order_in_which_trials_ended(client):
     assert best["x"] == [1, 4] and best["loss"] == [2.5, 2.4]
 
 
-def test_kept_answers_are_recomputed_as_soon_as_a_trial_ends(client):
-    """The aggregates are kept between polls, but never past a change in the search's trials."""
+@contextmanager
+def statements(client) -> Iterator[list[str]]:
+    """The SQL statements the app sends its database meanwhile."""
+    with settings_of(client.app).sessions() as session:
+        engine = session.get_bind()
+    sent: list[str] = []
+
+    def record(connection, cursor, statement, parameters, context, executemany) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_kept_answers_are_reused_between_polls_and_recomputed_as_soon_as_a_trial_ends(client):
+    """A poll that finds the search's trials unchanged asks the database for their counts only; a trial that
+    ends makes the next poll compute the answer again."""
     search_id = new_search(client)
     add_trials(client, search_id, {"loss": 3.0, "index": 0}, {"status": "running", "index": 1})
-    first = get(client, f"/api/searches/{search_id}/dashboard/outcomes")
-    assert get(client, f"/api/searches/{search_id}/dashboard/outcomes") == first
-    with client.app.state.sessions() as session, session.begin():
+    computed: dict[str, list[str]] = {}
+    for panel in ("outcomes", "multipliers"):
+        path = f"/api/searches/{search_id}/dashboard/{panel}"
+        with statements(client) as computed[panel]:
+            first = get(client, path)
+        with statements(client) as kept:
+            assert get(client, path) == first
+        assert len(kept) < len(computed[panel]) and set(kept) < set(computed[panel]), panel
+    with settings_of(client.app).sessions() as session, session.begin():
         session.execute(
             update(Trial)
             .where(Trial.search_id == search_id, Trial.status == "running")
             .values(status="succeeded", loss=2.0, finished_at=START + timedelta(seconds=5))
         )
-    best = get(client, f"/api/searches/{search_id}/dashboard/outcomes")["best_so_far"]
-    assert best["loss"] == [3.0, 2.0]
+    with statements(client) as recomputed:
+        best = get(client, f"/api/searches/{search_id}/dashboard/outcomes")["best_so_far"]
+    assert best["loss"] == [3.0, 2.0] and recomputed == computed["outcomes"]
     heatmap = get(client, f"/api/searches/{search_id}/dashboard/multipliers")["heatmap"]
     assert heatmap["best_candidate"]["loss"] == 2.0
 
@@ -227,7 +255,7 @@ def test_curves_are_those_of_the_running_trials_and_of_the_best_ones(client):
     )
     points = [{"trial_id": ids[7], "step": s, "train_loss": 5.0 - s / 10, "val_loss": None} for s in range(1, 4)]
     points += [{"trial_id": ids[0], "step": 10, "train_loss": 2.1, "val_loss": 2.0}]
-    with client.app.state.sessions() as session, session.begin():
+    with settings_of(client.app).sessions() as session, session.begin():
         session.execute(insert(ProgressPoint), points)
     curves = get(client, f"/api/searches/{search_id}/dashboard/curves")["curves"]
     assert [(c["trial_id"], c["role"]) for c in curves] == [(ids[7], "running")] + [(i, "best") for i in ids[:5]]

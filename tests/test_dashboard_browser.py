@@ -16,9 +16,10 @@ import httpx
 import jsonschema
 import pytest
 
+from hpo_service.statuses import SearchStatus, TrialStatus
 from hpo_service.store.database import database_url
 from tests.controller import ROOT, Controller
-from trainer.transfer import EXPORT_SCHEMA
+from trainer.export import EXPORT_SCHEMA
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -90,6 +91,12 @@ def submit(controller: Controller) -> int:
     return response.json()["id"]
 
 
+def options(page, select: str) -> list[str]:
+    """The options of a select, once the page has added the statuses it asked the server for."""
+    page.wait_for_function(f"document.querySelector('{select}').options.length > 1")
+    return page.eval_on_selector_all(f"{select} option", "options => options.map(o => o.textContent)")
+
+
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
@@ -109,6 +116,7 @@ def test_watch_a_search_live_pause_it_resume_it_and_download_its_export(browser,
     row = page.locator(f'#searches tr[data-search-id="{search_id}"]')
     row.wait_for()
     assert "browser-demo" in row.inner_text() and f"/ {TRIALS}" in row.inner_text()
+    assert options(page, "#status-filter") == ["all", *SearchStatus]  # as the server names them
     screenshot(page, "dashboard-overview")
     row.get_by_role("link", name="browser-demo").click()
     page.wait_for_url(f"**/searches/{search_id}")
@@ -117,6 +125,7 @@ def test_watch_a_search_live_pause_it_resume_it_and_download_its_export(browser,
     for chart in CHARTS:
         page.locator(f"#chart-{chart} .main-svg").first.wait_for()
     seen = page.evaluate(POPULATION_POINTS)
+    assert options(page, "#trial-status") == ["all", *TrialStatus]
 
     # without the token the buttons say what is missing; with it, pause and resume change the status
     page.click("#pause")

@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 from bench.dashboard_scale import endpoints, populate
 from hpo_service.api.app import create_app
 from hpo_service.dashboard import curves, outcomes, space
-from hpo_service.store.database import make_engine, session_factory
+from hpo_service.store.database import open_database, session_factory
 
 TRIALS = 5000
 BOUND_S = 2.0  # measured: under 0.1 s each on 2 cores (BENCHMARKS.md)
 
 
 def test_with_5000_trials_the_search_page_and_its_data_answer_within_the_bound(db_url):
-    engine = make_engine(db_url)
+    engine = open_database(db_url)
     search_id = populate(session_factory(engine), TRIALS, population=100)
     engine.dispose()
     with TestClient(create_app(db_url, run_engine=False, migrate=False)) as client:

@@ -1,10 +1,16 @@
 """Corpora and batches: the built-in corpus, user text and token files, determinism and clear errors."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from trainer.data import BUILTIN_STDLIB, DataError, eval_batches, load_corpus, sample_batch
+from trainer import Multipliers, TrainConfig
+from trainer.data import BUILTIN_STDLIB, DataError, load_corpus, sample_batch
+from trainer.train import _Run
 
 
 def test_builtin_corpus_is_python_source_split_by_file_and_stable():
@@ -17,21 +23,60 @@ def test_builtin_corpus_is_python_source_split_by_file_and_stable():
     assert load_corpus(BUILTIN_STDLIB).fingerprint == corpus.fingerprint
 
 
+def window_starts(x: torch.Tensor, y: torch.Tensor, tokens: np.ndarray) -> list[int]:
+    """Where each row of a batch drawn from ``tokens`` (consecutive integers) starts in them; asserts that every
+    row is a window of ``tokens`` and its targets are the tokens that follow."""
+    first, seq_len = int(tokens[0]), x.shape[1]
+    starts = (x[:, 0] - first).tolist()
+    for row, start in zip(x, starts, strict=True):
+        assert 0 <= start <= len(tokens) - seq_len - 1
+        assert torch.equal(row, torch.arange(first + start, first + start + seq_len))
+    assert torch.equal(y, x + 1)
+    return starts
+
+
+_STARTS_IN_A_FRESH_PROCESS = """
+import json, numpy as np
+from trainer.data import sample_batch
+print(json.dumps(sample_batch(np.arange(100_000), 4, 32, seed=7, step=3)[0][:, 0].tolist()))
+"""
+
+
 def test_batches_are_deterministic_in_seed_and_step():
-    tokens = load_corpus(BUILTIN_STDLIB).train
-    x1, y1 = sample_batch(tokens, 4, 32, seed=7, step=3)
-    x2, y2 = sample_batch(tokens, 4, 32, seed=7, step=3)
-    x3, _ = sample_batch(tokens, 4, 32, seed=8, step=3)
-    assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    assert not torch.equal(x1, x3)
-    assert x1.dtype == torch.int64 and x1.shape == (4, 32)
-    assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are the inputs shifted by one
+    tokens = np.arange(100_000)
+    batches = {(seed, step): sample_batch(tokens, 4, 32, seed, step) for seed in (7, 8) for step in range(20)}
+    assert all(x.dtype == torch.int64 and x.shape == (4, 32) for x, _ in batches.values())
+    starts = {key: window_starts(x, y, tokens) for key, (x, y) in batches.items()}
+    assert len({tuple(s) for s in starts.values()}) == len(starts)  # each (seed, step) its own batch
+    every_start = [start for s in starts.values() for start in s]  # random offsets, over the whole corpus
+    assert min(every_start) < 10_000 and max(every_start) > 90_000
+
+    np.random.seed(1)  # the global random state (a training seed sets it) plays no part
+    torch.manual_seed(1)
+    assert window_starts(*sample_batch(tokens, 4, 32, seed=7, step=3), tokens) == starts[(7, 3)]
+    fresh = subprocess.run([sys.executable, "-c", _STARTS_IN_A_FRESH_PROCESS], capture_output=True, check=True)
+    assert json.loads(fresh.stdout) == starts[(7, 3)]  # the same batch in another process, as on another worker
 
 
-def test_eval_batches_do_not_depend_on_the_training_seed():
-    corpus = load_corpus(BUILTIN_STDLIB)
-    a, b = eval_batches(corpus, 2, 16, 3), eval_batches(corpus, 2, 16, 3)
-    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
+def eval_set_of_a_trial(data: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches the trainer evaluates a trial with that training seed on."""
+    config = TrainConfig.model_validate(
+        {
+            "model": {"width": 16, "depth": 1, "head_dim": 16, "seq_len": 16, "vocab_size": 5000},
+            "training": {"data": data, "val_fraction": 0.2, "batch_size": 2, "eval_batches": 3, "seed": seed},
+        }
+    )
+    return _Run(config, Multipliers(), None).eval_set
+
+
+def test_eval_batches_do_not_depend_on_the_training_seed(tmp_path):
+    np.arange(5000, dtype=np.uint16).tofile(tmp_path / "tokens.bin")
+    data = f"tokens:{tmp_path / 'tokens.bin'}"
+    val = np.arange(4000, 5000)  # the last fifth
+    starts = [window_starts(x, y, val) for x, y in eval_set_of_a_trial(data, seed=0)]  # from the validation split
+    assert len({tuple(s) for s in starts}) == 3  # three different batches
+    for seed in (1, 2):  # whichever seed a trial trains with, it is evaluated on the same batches
+        assert [window_starts(x, y, val) for x, y in eval_set_of_a_trial(data, seed)] == starts
 
 
 def test_text_files_and_directories_load_as_bytes(tmp_path):

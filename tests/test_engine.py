@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import pytest
@@ -13,7 +14,9 @@ import tests.trial_fns as trial_fns
 from hpo_service.engine.commands import Commands
 from hpo_service.engine.engine import Engine
 from hpo_service.engine.executor import RayExecutor
+from hpo_service.engine.policy import GenerationalPolicy
 from hpo_service.spec import SearchSpec
+from hpo_service.store import queries
 from hpo_service.store.models import Generation, ProgressPoint, Search, Trial
 
 ray.cloudpickle.register_pickle_by_value(trial_fns)  # Ray workers cannot import the tests package
@@ -45,7 +48,7 @@ def _close_executors():
         EXECUTORS.pop().close()
 
 
-def make_engine(sessions, trial_fn=None) -> Engine:
+def engine_on(sessions, trial_fn=None) -> Engine:
     engine = Engine(sessions)
     engine.executor = RayExecutor(trial_fn=trial_fn) if trial_fn else RayExecutor()
     EXECUTORS.append(engine.executor)
@@ -74,9 +77,18 @@ def trials_of(sessions, search_id: int) -> list[Trial]:
         )
 
 
+def told_in_first_generation(sessions, search_id: int) -> list[float]:
+    """What the optimizer was told for generation 0, sorted: read from Nevergrad's own archive in the policy
+    snapshot taken after that tell (when generation 1 was asked)."""
+    with sessions() as session:
+        policy = GenerationalPolicy.loads(queries.policy_snapshot(session, search_id))
+    assert policy.generation == 1
+    return sorted(value.mean for _, value in policy.optimizer.archive.items_as_arrays())
+
+
 def test_a_search_trains_every_candidate_of_every_generation_once(sessions):
     search = Commands(sessions).create(tiny_spec())
-    engine = make_engine(sessions)
+    engine = engine_on(sessions)
     assert run_until(engine, sessions, search.id, finished).status == "completed"
 
     trials = trials_of(sessions, search.id)
@@ -99,9 +111,12 @@ def test_a_search_trains_every_candidate_of_every_generation_once(sessions):
 
 
 def test_diverged_candidates_are_told_a_penalty_and_never_ranked_best(sessions):
-    spec = tiny_spec(optimizer={"name": "random", "population": 8, "generations": 2, "seed": 1})
+    # vocabulary 2: ln V = 0.69 lies below the synthetic losses (≥ 2), so the penalty follows the worst loss
+    spec = tiny_spec(
+        model={"vocab_size": 2}, optimizer={"name": "random", "population": 8, "generations": 2, "seed": 1}
+    )
     search = Commands(sessions).create(spec)
-    engine = make_engine(sessions, trial_fns.synthetic)
+    engine = engine_on(sessions, trial_fns.synthetic)
     run_until(engine, sessions, search.id, finished)
     trials = trials_of(sessions, search.id)
     diverged = [t for t in trials if t.status == "diverged"]
@@ -110,13 +125,20 @@ def test_diverged_candidates_are_told_a_penalty_and_never_ranked_best(sessions):
     with sessions() as session:
         generation = session.scalars(select(Generation).where(Generation.search_id == search.id)).first()
     assert generation.diverged == sum(1 for t in diverged if t.generation == 0)
-    assert generation.best_loss == min(t.loss for t in trials if t.generation == 0 and t.status == "succeeded")
+    first = [t for t in trials if t.generation == 0]
+    succeeded = [t.loss for t in first if t.status == "succeeded"]
+    assert generation.best_loss == min(succeeded)
+    assert any(t.status == "diverged" for t in first), "generation 0 should have a diverged candidate"
+    # the optimizer was told each loss, and for each diverged candidate worse than the worst loss seen
+    worst = max(*succeeded, math.log(2))  # the documented penalty: worse than anything seen, and than uniform
+    expected = [t.loss if t.status == "succeeded" else worst + 1 for t in first]
+    assert told_in_first_generation(sessions, search.id) == pytest.approx(sorted(expected))
 
 
 def test_a_dead_worker_is_retried_with_the_same_candidate(sessions, tmp_path):
     spec = tiny_spec(optimizer={"population": 2, "generations": 1}, search_space=BELOW_THE_CLIFF)
     search = Commands(sessions).create(spec)
-    engine = make_engine(sessions, functools.partial(trial_fns.crash_once, str(tmp_path)))
+    engine = engine_on(sessions, functools.partial(trial_fns.crash_once, str(tmp_path)))
     run_until(engine, sessions, search.id, finished)
     trials = trials_of(sessions, search.id)
     assert [(t.status, t.attempts) for t in trials] == [("succeeded", 2), ("succeeded", 2)]
@@ -125,7 +147,7 @@ def test_a_dead_worker_is_retried_with_the_same_candidate(sessions, tmp_path):
 def test_a_worker_that_keeps_dying_fails_its_trial_after_the_retries(sessions):
     spec = tiny_spec(optimizer={"name": "random", "population": 1, "generations": 1}, execution={"max_retries": 1})
     search = Commands(sessions).create(spec)
-    engine = make_engine(sessions, trial_fns.always_crash)
+    engine = engine_on(sessions, trial_fns.always_crash)
     assert run_until(engine, sessions, search.id, finished).status == "completed"
     (trial,) = trials_of(sessions, search.id)
     assert (trial.status, trial.attempts) == ("failed", 2)
@@ -135,7 +157,7 @@ def test_a_worker_that_keeps_dying_fails_its_trial_after_the_retries(sessions):
 def test_a_trial_past_its_timeout_is_stopped_and_failed(sessions):
     spec = tiny_spec(optimizer={"name": "random", "population": 1, "generations": 1}, execution={"timeout_s": 2})
     search = Commands(sessions).create(spec)
-    engine = make_engine(sessions, trial_fns.hang)
+    engine = engine_on(sessions, trial_fns.hang)
     started = time.monotonic()
     run_until(engine, sessions, search.id, finished, timeout_s=60)
     assert time.monotonic() - started < 30
@@ -146,18 +168,20 @@ def test_a_trial_past_its_timeout_is_stopped_and_failed(sessions):
 def test_a_trial_that_raises_fails_once_is_told_a_penalty_and_the_search_goes_on(sessions):
     spec = tiny_spec(optimizer={"name": "cma", "population": 2, "generations": 2})
     search = Commands(sessions).create(spec)
-    engine = make_engine(sessions, trial_fns.raises)
+    engine = engine_on(sessions, trial_fns.raises)
     assert run_until(engine, sessions, search.id, finished).status == "completed"
     trials = trials_of(sessions, search.id)
     assert [(t.generation, t.index) for t in trials] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(t.status == "failed" and t.attempts == 1 for t in trials)  # deterministic: no retry
     assert all("ValueError: a bug in the trial code" in t.error for t in trials)
+    # nothing succeeded, so each was told the uniform predictor's loss plus one
+    assert told_in_first_generation(sessions, search.id) == pytest.approx([math.log(256) + 1] * 2)
 
 
 def test_a_trial_out_of_memory_fails_with_the_allocators_message(sessions):
     spec = tiny_spec(optimizer={"name": "random", "population": 1, "generations": 1})
     search = Commands(sessions).create(spec)
-    engine = make_engine(sessions, trial_fns.out_of_memory)
+    engine = engine_on(sessions, trial_fns.out_of_memory)
     assert run_until(engine, sessions, search.id, finished).status == "completed"
     (trial,) = trials_of(sessions, search.id)
     assert (trial.status, trial.attempts) == ("failed", 1)
@@ -167,7 +191,7 @@ def test_a_trial_out_of_memory_fails_with_the_allocators_message(sessions):
 def test_a_worker_killed_by_the_oom_killer_is_retried_with_the_same_candidate(sessions, tmp_path):
     spec = tiny_spec(optimizer={"population": 2, "generations": 2}, search_space=BELOW_THE_CLIFF)
     search = Commands(sessions).create(spec)
-    engine = make_engine(sessions, functools.partial(trial_fns.oom_killed_once, str(tmp_path)))
+    engine = engine_on(sessions, functools.partial(trial_fns.oom_killed_once, str(tmp_path)))
     assert run_until(engine, sessions, search.id, finished).status == "completed"
     trials = trials_of(sessions, search.id)
     assert [(t.generation, t.index) for t in trials] == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -177,7 +201,7 @@ def test_a_worker_killed_by_the_oom_killer_is_retried_with_the_same_candidate(se
 def test_pause_holds_new_trials_and_resume_finishes_the_search(sessions):
     search = Commands(sessions).create(tiny_spec())
     commands = Commands(sessions)
-    engine = make_engine(sessions, trial_fns.slow_real)
+    engine = engine_on(sessions, trial_fns.slow_real)
     run_until(engine, sessions, search.id, lambda s, x: s.scalar(select(Trial).where(Trial.status == "running")))
     commands.apply(search.id, "pause")
     # the running trials finish, and nothing new starts while paused
@@ -192,7 +216,7 @@ def test_pause_holds_new_trials_and_resume_finishes_the_search(sessions):
 
 def test_cancel_stops_running_trials_and_marks_the_rest_cancelled(sessions):
     search = Commands(sessions).create(tiny_spec())
-    engine = make_engine(sessions, trial_fns.hang)
+    engine = engine_on(sessions, trial_fns.hang)
     run_until(engine, sessions, search.id, lambda s, x: s.scalar(select(Trial).where(Trial.status == "running")))
     Commands(sessions).apply(search.id, "cancel")
     engine.wake()
@@ -208,7 +232,7 @@ def test_the_local_ray_stays_on_loopback():
 def test_progress_streams_back_while_a_trial_trains(sessions):
     spec = tiny_spec(optimizer={"name": "trust_region", "population": 1, "generations": 1})  # the base HPs
     search = Commands(sessions).create(spec)
-    engine = make_engine(sessions, trial_fns.reporting)
+    engine = engine_on(sessions, trial_fns.reporting)
 
     def running_with_points(session, _search) -> bool:
         trial = session.scalar(select(Trial).where(Trial.search_id == search.id))
@@ -227,7 +251,7 @@ def test_replicates_train_each_candidate_with_several_seeds(sessions):
         training={"seed": 5}, optimizer={"name": "random", "population": 3, "generations": 1, "replicates": 2}
     )
     search = Commands(sessions).create(spec)
-    run_until(make_engine(sessions, trial_fns.synthetic), sessions, search.id, finished)
+    run_until(engine_on(sessions, trial_fns.synthetic), sessions, search.id, finished)
     trials = trials_of(sessions, search.id)
     assert [(t.index, t.replicate, t.seed) for t in sorted(trials, key=lambda t: (t.index, t.replicate))] == [
         (i, r, 5 + r) for i in range(3) for r in range(2)

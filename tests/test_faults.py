@@ -4,11 +4,15 @@ The reference is the same search run without interruption. On the CPU a trial is
 the optimizer is seeded, so a search that survived a fault with its optimizer state intact proposes *exactly*
 the reference's candidates in every generation, and each of them is in the store exactly once. A fresh
 optimizer would start again from generation 0's proposals; a lost result would leave a hole or a duplicate.
+
+What was trained is read from the workers' own log of executions (``tests.trial_fns.logged``), not from the
+store: a result lost and trained again looks, in the store, exactly like one trained once.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import signal
@@ -16,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -27,9 +32,11 @@ from hpo_service.engine.commands import Commands
 from hpo_service.engine.engine import Engine
 from hpo_service.engine.executor import RayExecutor
 from hpo_service.spec import SearchSpec
-from hpo_service.store.database import database_url, make_engine, session_factory, upgrade
+from hpo_service.statuses import FINAL_SEARCH, SearchStatus, TrialStatus
+from hpo_service.store.database import database_url, open_database, session_factory, upgrade
 from hpo_service.store.models import Search, Trial
 from tests.controller import ROOT, Controller, free_port
+from tests.trial_fns import EXECUTION_LOG, PACE_S, Execution, candidate_key, read_executions
 
 SPEC = {
     "name": "faults",
@@ -41,6 +48,19 @@ SPEC = {
 }
 ALLOW_TEST_TRIALS = {"HPO_ALLOWED_TRIALS": "tests.trial_fns:*"}
 Reference = dict[tuple[int, int], tuple[list[float], float]]
+Runs = dict[int, list[Execution]]  # trial id -> its candidate's executions, in the order they started
+
+
+# SPEC trained by the built-in trainer after a pause, each execution logged: the reference's results, with time
+# to strike while a trial is inside its trial function.
+PACED_SPEC = {**SPEC, "execution": {**SPEC["execution"], "trial": "tests.trial_fns:paced_real"}}
+
+
+def logged_controller(db_url: str, tmp_path: Path) -> tuple[Controller, Path]:
+    """A controller whose Ray workers (which inherit its environment) log every execution to the returned file."""
+    log = tmp_path / "executions.jsonl"
+    env = {**ALLOW_TEST_TRIALS, EXECUTION_LOG: str(log)}
+    return Controller(db_url, tmp_path / "controller.log", env=env), log
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +68,7 @@ def reference(tmp_path_factory, local_ray) -> Reference:
     """(generation, index) -> (vector, loss) of the search run in one go."""
     url = database_url(str(tmp_path_factory.mktemp("reference") / "hpo.db"))
     upgrade(url)
-    sessions = session_factory(make_engine(url))
+    sessions = session_factory(open_database(url))
     search = Commands(sessions).create(SearchSpec.model_validate(SPEC))
     engine = Engine(sessions)
     engine.executor = RayExecutor()
@@ -57,7 +77,7 @@ def reference(tmp_path_factory, local_ray) -> Reference:
         while time.monotonic() < deadline:
             engine.turn()
             with sessions() as session:
-                if session.get(Search, search.id).status == "completed":
+                if session.get(Search, search.id).status == SearchStatus.COMPLETED:
                     trials = session.scalars(select(Trial).where(Trial.search_id == search.id)).all()
                     return {(t.generation, t.index): (t.vector, t.loss) for t in trials}
         pytest.fail("the reference search did not complete")
@@ -69,70 +89,177 @@ def assert_matches_reference(trials: list[dict], reference: Reference) -> None:
     population, generations = SPEC["optimizer"]["population"], SPEC["optimizer"]["generations"]
     keys = [(t["generation"], t["index"]) for t in trials]
     assert len(keys) == len(set(keys)) == population * generations  # every candidate exactly once
-    assert all(t["status"] == "succeeded" for t in trials), [(t["status"], t["error"]) for t in trials]
+    assert all(t["status"] == TrialStatus.SUCCEEDED for t in trials), [(t["status"], t["error"]) for t in trials]
     for t in trials:  # the same candidates and losses as the uninterrupted search: the optimizer state survived
         vector, loss = reference[(t["generation"], t["index"])]
         assert t["vector"] == pytest.approx(vector, abs=1e-12)
         assert t["loss"] == pytest.approx(loss, rel=1e-9)
 
 
-def running_in(generation: int):
-    return lambda search, trials: any(t["generation"] == generation and t["status"] == "running" for t in trials)
-
-
 def finished(search, trials) -> bool:
-    return search["status"] in ("completed", "failed", "cancelled")
+    return search["status"] in FINAL_SEARCH
 
 
 def run_to_the_end(controller: Controller, search_id: int) -> list[dict]:
     final = controller.wait_for(search_id, finished)
-    assert final["status"] == "completed", final
+    assert final["status"] == SearchStatus.COMPLETED, final
     return controller.get(f"/api/searches/{search_id}/trials", limit=1000)["trials"]
 
 
-def running_trials(db_url: str) -> set[int]:
-    engine = make_engine(db_url)
+def training_in(generation: int, log: Path) -> Callable[[dict, list[dict]], bool]:
+    """A trial of ``generation`` is inside its trial function (started on a worker and not yet returned)."""
+
+    def condition(search: dict, trials: list[dict]) -> bool:
+        executions = read_executions(log)
+        return any(
+            run.finished is None
+            for t in trials
+            if t["generation"] == generation
+            for run in executions.get(candidate_key(t["multipliers"], t["seed"]), [])
+        )
+
+    return condition
+
+
+def early_in_its_pause(run: Execution) -> bool:
+    """Too early for the run to return before a blow struck now lands."""
+    return run.finished is None and time.time() - run.started < PACE_S - 0.5
+
+
+def halfway_through(generation: int, log: Path) -> Callable[[dict, list[dict]], bool]:
+    """A trial of ``generation`` has succeeded (a result to keep) and another trains (a run to cut short)."""
+
+    def condition(search: dict, trials: list[dict]) -> bool:
+        succeeded = any(t["generation"] == generation and t["status"] == TrialStatus.SUCCEEDED for t in trials)
+        return succeeded and training_in(generation, log)(search, trials)
+
+    return condition
+
+
+def succeeded_trials(db_url: str) -> set[int]:
+    """The trials the store holds as succeeded (read with the controller down, so as it left them)."""
+    engine = open_database(db_url)
     try:
         with session_factory(engine)() as session:
-            return set(session.scalars(select(Trial.id).where(Trial.status == "running")))
+            return set(session.scalars(select(Trial.id).where(Trial.status == TrialStatus.SUCCEEDED)))
     finally:
         engine.dispose()
 
 
+def a_trial_to_strike(trials: list[dict], log: Path) -> dict | None:
+    """After a trial has succeeded, a running one whose worker (as the API names it) is early in its pause."""
+    if not any(t["status"] == TrialStatus.SUCCEEDED for t in trials):
+        return None
+    executions = read_executions(log)
+    for t in trials:
+        if t["status"] == TrialStatus.RUNNING and t["worker"]:
+            pid = int(t["worker"].rpartition(":")[2])
+            runs = executions.get(candidate_key(t["multipliers"], t["seed"]), [])
+            if any(run.pid == pid and early_in_its_pause(run) for run in runs):
+                return t
+    return None
+
+
+def wait_for_a_return_after(log: Path, since: float, timeout_s: float = 120.0) -> None:
+    """Until some trial function returns after ``since`` (a time.time())."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(run.finished and run.finished > since for runs in read_executions(log).values() for run in runs):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no trial returned within {timeout_s} s")
+
+
+def runs_by_trial(trials: list[dict], log: Path) -> Runs:
+    """Each trial's executions, as the workers logged them; every logged execution belongs to a stored trial."""
+    executions = read_executions(log)
+    runs = {t["id"]: executions.pop(candidate_key(t["multipliers"], t["seed"]), []) for t in trials}
+    assert not executions, f"executions of candidates the store does not hold: {executions}"
+    return runs
+
+
+def assert_returned_once(trials: list[dict], runs: Runs) -> None:
+    """Each candidate's trial function returned exactly once, in its last execution (so nothing that had
+    returned was trained again), and the store holds the loss that execution returned."""
+    for t in trials:
+        returned = [run for run in runs[t["id"]] if run.finished is not None]
+        assert len(returned) == 1 and runs[t["id"]][-1] == returned[0], (t["generation"], t["index"], runs[t["id"]])
+        assert returned[0].loss == t["loss"]
+
+
+def assert_each_trained_once(trials: list[dict], runs: Runs) -> None:
+    assert_returned_once(trials, runs)
+    assert all(len(runs[t["id"]]) == 1 for t in trials), {(t["generation"], t["index"]): runs[t["id"]] for t in trials}
+
+
+def epoch(timestamp: str) -> float:
+    """An API timestamp as time.time() would give it (SQLite returns them without a zone: UTC)."""
+    moment = datetime.fromisoformat(timestamp)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def assert_held_through(trials: list[dict], runs: Runs, outage: tuple[float, float]) -> None:
+    """A trial returned while the store refused writes, and its result was written once the store took them."""
+    held = [t for t in trials if outage[0] < runs[t["id"]][-1].finished < outage[1]]
+    assert held, f"no trial returned during the outage {outage}"
+    assert any(epoch(t["finished_at"]) > outage[1] for t in held), [t["finished_at"] for t in held]
+
+
 def test_a_controller_killed_three_times_resumes_the_search_exactly(db_url, reference, tmp_path):
-    controller = Controller(db_url, tmp_path / "controller.log").start()
-    interrupted: set[int] = set()
+    controller, log = logged_controller(db_url, tmp_path)
+    controller.start()
+    kills: list[tuple[float, set[int]]] = []  # when each kill had landed, and the trials stored as succeeded then
     try:
-        search_id = controller.post("/api/searches", SPEC).json()["id"]
-        for generation in range(3):  # SIGKILL (Ray included) while each generation trains
-            controller.wait_for(search_id, running_in(generation))
-            controller.kill()
-            assert controller.process.poll() is not None
-            interrupted |= running_trials(db_url)
+        search_id = controller.post("/api/searches", PACED_SPEC).json()["id"]
+        for generation in range(3):  # SIGKILL (Ray included) with each generation half done
+            controller.wait_for(search_id, halfway_through(generation, log))
+            controller.kill()  # every process of the controller's session, workers included, is gone after it
+            kills.append((time.time(), succeeded_trials(db_url)))
             controller.start()
         trials = run_to_the_end(controller, search_id)
     finally:
         controller.stop()
 
     assert_matches_reference(trials, reference)
-    rerun = [t for t in trials if t["id"] in interrupted]
-    assert len(rerun) >= 3  # re-run, and the interruptions are not held against the trials' retries
-    assert all(t["attempts"] == 1 for t in rerun)
+    runs = runs_by_trial(trials, log)
+    for t in trials:  # trained once, plus once for each time a kill cut its training short
+        mine = runs[t["id"]]
+        assert mine and mine[-1].finished is not None and mine[-1].loss == t["loss"], mine
+        for run, rerun in itertools.pairwise(mine):  # a run before the last was cut short by a kill:
+            assert any(  # killed mid-run, or returned a result the store had not taken when the kill landed
+                run.started < kill < rerun.started and (run.finished is None or t["id"] not in stored)
+                for kill, stored in kills
+            ), mine
+        for kill, stored in kills:  # a trial the store held as trained is never trained again
+            assert t["id"] not in stored or all(run.started < kill for run in mine), mine
+        assert t["attempts"] == 1  # the interruptions are not held against the trial's retries
+    for since, (kill, stored) in zip([0.0, *(k for k, _ in kills)], kills, strict=False):
+        assert stored  # each kill came with results to keep ...
+        assert any(run.finished is None and since < run.started < kill for rs in runs.values() for run in rs)
 
 
 def test_a_worker_killed_mid_trial_is_rerun_and_the_search_is_unchanged(db_url, reference, tmp_path):
-    spec = {**SPEC, "execution": {**SPEC["execution"], "max_retries": 1, "trial": "tests.trial_fns:paced_real"}}
-    controller = Controller(db_url, tmp_path / "controller.log", env=ALLOW_TEST_TRIALS).start()
+    controller, log = logged_controller(db_url, tmp_path)
+    controller.start()
     try:
+        spec = {**PACED_SPEC, "execution": {**PACED_SPEC["execution"], "max_retries": 1}}
         search_id = controller.post("/api/searches", spec).json()["id"]
-        controller.wait_for(search_id, lambda s, trials: any(t["status"] == "running" and t["worker"] for t in trials))
-        victim = next(t for t in controller.get(f"/api/searches/{search_id}/trials")["trials"] if t["worker"])
-        os.kill(int(victim["worker"].rpartition(":")[2]), signal.SIGKILL)  # the Ray worker process itself
+        deadline = time.monotonic() + 300
+        while (victim := a_trial_to_strike(controller.get(f"/api/searches/{search_id}/trials")["trials"], log)) is None:
+            assert time.monotonic() < deadline, "no trial to strike"
+            time.sleep(0.1)
+        pid = int(victim["worker"].rpartition(":")[2])
+        os.kill(pid, signal.SIGKILL)  # the Ray worker process itself, inside the trial function
         trials = run_to_the_end(controller, search_id)
     finally:
         controller.stop()
 
     assert_matches_reference(trials, reference)
+    runs = runs_by_trial(trials, log)
+    assert_returned_once(trials, runs)
+    killed, rerun = runs.pop(victim["id"])
+    assert killed.pid == pid and killed.finished is None and rerun.finished is not None
+    assert all(len(r) == 1 for r in runs.values()), runs  # every other candidate trained once
     attempts = {t["id"]: t["attempts"] for t in trials}
     assert attempts.pop(victim["id"]) == 2 and set(attempts.values()) == {1}
 
@@ -178,15 +305,18 @@ def test_postgresql_restarted_mid_search_the_controller_reconnects_and_loses_not
 ):
     url, pg_ctl = private_postgres
     upgrade(url)
-    controller = Controller(url, tmp_path / "controller.log").start()
+    controller, log = logged_controller(url, tmp_path)
+    controller.start()
     try:
-        search_id = controller.post("/api/searches", SPEC).json()["id"]
-        controller.wait_for(search_id, running_in(1))
+        search_id = controller.post("/api/searches", PACED_SPEC).json()["id"]
+        controller.wait_for(search_id, training_in(1, log))
         pg_ctl("stop")
+        down_since = time.time()
         down = httpx.get(f"{controller.url}/api/searches/{search_id}", timeout=30)
         assert down.status_code == 503 and "retry later" in down.json()["detail"]  # not a 500, and says why
         assert httpx.get(f"{controller.url}/api/health", timeout=30).status_code == 503
-        time.sleep(3)  # trials finish meanwhile: their results wait in the controller
+        wait_for_a_return_after(log, down_since)  # a result the controller must hold until it can write it
+        down_until = time.time()
         pg_ctl("start")
         trials = run_to_the_end(controller, search_id)
         assert httpx.get(f"{controller.url}/api/health", timeout=30).json()["status"] == "ok"
@@ -194,7 +324,9 @@ def test_postgresql_restarted_mid_search_the_controller_reconnects_and_loses_not
         controller.stop()
 
     assert_matches_reference(trials, reference)
-    assert all(t["attempts"] == 1 for t in trials)  # no result was lost, so nothing was trained twice
+    runs = runs_by_trial(trials, log)
+    assert_each_trained_once(trials, runs)  # no result was lost, so nothing was trained twice
+    assert_held_through(trials, runs, (down_since, down_until))
 
 
 # -- SQLite on a full or read-only disk --------------------------------------------------------------------------
@@ -231,11 +363,13 @@ def fill(disk: Path) -> Path:
 def test_a_full_disk_holds_the_search_says_why_and_loses_nothing(fresh_database, small_disk, reference, tmp_path):
     url = database_url(str(small_disk / "hpo.db"))
     upgrade(url)
-    controller = Controller(url, tmp_path / "controller.log").start()
+    controller, log = logged_controller(url, tmp_path)
+    controller.start()
     try:
-        search_id = controller.post("/api/searches", SPEC).json()["id"]
-        controller.wait_for(search_id, running_in(0))
+        search_id = controller.post("/api/searches", PACED_SPEC).json()["id"]
+        controller.wait_for(search_id, training_in(0, log))
         ballast = fill(small_disk)
+        full_since = time.time()
         deadline, health = time.monotonic() + 120, {}
         while time.monotonic() < deadline:  # the engine meets the full disk when the next results arrive
             health = httpx.get(f"{controller.url}/api/health", timeout=30).json()
@@ -247,13 +381,17 @@ def test_a_full_disk_holds_the_search_says_why_and_loses_nothing(fresh_database,
         assert submitted.status_code in (201, 503), submitted.text  # never a 500
         if submitted.status_code == 503:
             assert "full" in submitted.json()["detail"]
+        wait_for_a_return_after(log, full_since)
+        full_until = time.time()
         ballast.unlink()  # space again: the held results are written and the search goes on
         trials = run_to_the_end(controller, search_id)
     finally:
         controller.stop()
 
     assert_matches_reference(trials, reference)
-    assert all(t["attempts"] == 1 for t in trials)
+    runs = runs_by_trial(trials, log)
+    assert_each_trained_once(trials, runs)
+    assert_held_through(trials, runs, (full_since, full_until))
 
 
 @pytest.mark.backends("sqlite")

@@ -5,15 +5,8 @@ import math
 import pytest
 import torch
 
-from trainer.hparams import (
-    BLOCK_MODULE_TYPES,
-    BaseHPs,
-    Multipliers,
-    apply_to_model,
-    interpolate_depth,
-    materialise,
-)
-from trainer.model import GPT, MODULE_TYPES, ModelConfig
+from trainer.hparams import BaseHPs, Multipliers, apply_to_model, interpolate_depth, materialise
+from trainer.model import BLOCK_MODULE_TYPES, GPT, MODULE_TYPES, ModelConfig
 from trainer.parameterisation import Parameterisation, Shape
 
 BASE_HPS = BaseHPs(lr=0.01, init_std=0.02, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainer.model import GPT, MODULE_TYPES, ModelConfig
+from trainer.model import BLOCK_MODULE_TYPES, GPT, MODULE_TYPES, ModelConfig
 
 
 def test_every_parameter_is_tagged_with_a_known_module_type_and_layer():
@@ -16,12 +16,22 @@ def test_every_parameter_is_tagged_with_a_known_module_type_and_layer():
     assert {tag.layer for _, _, tag in tagged if tag.module_type in ("embedding", "unembedding")} == {None}
 
 
+def test_the_block_module_types_are_those_the_model_tags_with_a_layer():
+    tagged = GPT(ModelConfig(width=32, depth=2, head_dim=16)).tagged_parameters()
+    layers = {m: {tag.layer for _, _, tag in tagged if tag.module_type == m} for m in MODULE_TYPES}
+    assert len(set(MODULE_TYPES)) == len(MODULE_TYPES) and set(BLOCK_MODULE_TYPES) <= set(MODULE_TYPES)
+    for module_type, seen in layers.items():
+        assert seen == ({0, 1} if module_type in BLOCK_MODULE_TYPES else {None}), module_type
+
+
 def test_width_grows_by_heads_at_fixed_head_dim_and_qk_gains_are_shared():
     narrow, wide = GPT(ModelConfig(width=32, head_dim=16)), GPT(ModelConfig(width=128, head_dim=16))
     assert (narrow.cfg.n_heads, wide.cfg.n_heads) == (2, 8)
     assert wide.blocks[0].attn.q_norm.weight.shape == (16,)
-    with pytest.raises(ValueError, match="multiple of head_dim"):
+    with pytest.raises(ValueError, match=r"multiple of model\.head_dim"):
         ModelConfig(width=40, head_dim=16)
+    with pytest.raises(ValueError, match="greater than 0"):
+        ModelConfig(depth=0)
 
 
 def test_logits_are_causal():

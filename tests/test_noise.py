@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hpo_service.api.app import create_app
+from hpo_service.api.settings import settings_of
 from hpo_service.engine.commands import Commands
 from hpo_service.engine.executor import Finished
 from hpo_service.engine.records import record_all
@@ -49,7 +50,7 @@ def result(status: str, val: float | None, train: float = 3.0) -> dict:
 
 def run_generation(client: TestClient, search_spec: SearchSpec, results: list[dict]) -> tuple[int, list[int]]:
     """A search whose one generation ended with ``results`` (in asked order); its id and its trial ids."""
-    sessions = client.app.state.sessions
+    sessions = settings_of(client.app).sessions
     search_id = Commands(sessions).create(search_spec).id
     with transaction(sessions) as session:
         runner = SearchRunner.load(session, session.get(Search, search_id))

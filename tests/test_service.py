@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from sqlalchemy import func, select
 
-from hpo_service.store.database import database_url, make_engine, session_factory
+from hpo_service.store.database import database_url, open_database, session_factory
 from hpo_service.store.models import ProgressPoint, Trial
 from tests.controller import ROOT, Controller, free_port
 from trainer import GPT, ModelConfig
 from trainer.data import load_corpus, sample_batch
-from trainer.transfer import EXPORT_SCHEMA, apply_export
+from trainer.export import EXPORT_SCHEMA
+from trainer.transfer import apply_export
 
 
 def hpo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -57,7 +58,7 @@ def test_submit_watch_export_apply_and_train_the_transferred_model(tmp_path):
     assert len(detail["curve"]) == 60 and detail["curve"][-1]["val_loss"] == best_trial["loss"]
 
     # every trial ended with its curve in the store
-    sessions = session_factory(make_engine(db))
+    sessions = session_factory(open_database(db))
     with sessions() as session:
         trials = session.scalars(select(Trial).where(Trial.search_id == search_id)).all()
         points = dict(

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from hpo_service.spec import SearchSpec
+from hpo_service.spec import SEARCH_SECTIONS, SearchSpec
+from trainer.config import TrainConfig
 from trainer.model import MODULE_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,41 @@ def test_the_spec_is_a_training_config_with_its_own_shape_as_the_base_shape():
     config = s.train_config()
     assert config.base_shape() == config.shape()
     assert config.parameterisation.base_shape is not None
+
+
+def test_a_spec_is_a_training_config_plus_its_search_sections():
+    s = spec()
+    assert isinstance(s, TrainConfig)
+    assert SEARCH_SECTIONS == ("name", "search_space", "optimizer", "execution", "export_targets")
+    assert set(s.model_dump()) == set(TrainConfig.model_fields) | set(SEARCH_SECTIONS)
+    assert s.train_config() == TrainConfig().with_base_shape_pinned()  # the same defaults, defined once
+    assert type(s.train_config()) is TrainConfig  # what a worker is sent: no search sections
+
+
+@pytest.mark.parametrize(
+    ("sections", "field"),
+    [
+        ({"training": {"steps": 10**8}}, "training.steps"),
+        ({"training": {"batch_size": 10**7}}, "training.batch_size"),
+        ({"training": {"data": "ftp://corpus"}}, "training.data"),
+        ({"base_hps": {"lr": 0}}, "base_hps.lr"),
+        ({"model": {"vocab_size": 1}}, "model.vocab_size"),
+        ({"parameterisation": {"alpha": 0.2}}, "parameterisation.alpha"),
+    ],
+)
+def test_the_training_sections_bounds_are_the_training_configs_own(sections, field):
+    assert field in error_fields(**sections)
+    with pytest.raises(ValidationError) as info:
+        TrainConfig.model_validate(sections)
+    assert field in {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}
+
+
+def test_the_digest_of_a_spec_is_stable_across_releases():
+    # A stored search's spec_hash is the provenance of its exports: a new default changes it, a refactor must not.
+    assert spec().digest() == "4b7c763377f0ecd0158f00f42e0c54f446f0640c6ce2e35fe8468391f36490f9"
+    tiny = SearchSpec.model_validate(yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text()))
+    assert tiny.digest() == "bfdd9b26184d7fb193caad2a1d7295d709823eeae637eb576552a07c67a90765"
+    assert SearchSpec.model_validate(tiny.model_dump(mode="json")) == tiny
 
 
 def test_the_digest_ignores_key_order_but_not_values():

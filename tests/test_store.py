@@ -1,33 +1,65 @@
 """The store: migrations build exactly the ORM's schema on SQLite and PostgreSQL, and the API's queries."""
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 
+from hpo_service.statuses import TrialStatus
 from hpo_service.store import queries
-from hpo_service.store.database import StoreError, database_url, make_engine, transaction, upgrade
+from hpo_service.store.database import StoreError, database_url, open_database, transaction, upgrade
 from hpo_service.store.models import Base, Search, Trial
 
 
 def test_migrations_build_the_models_schema(db_url):
-    engine = make_engine(db_url)
+    engine = open_database(db_url)
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert differences == []
 
 
-def test_upgrading_twice_changes_nothing(db_url):
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    tables = set(inspect(engine).get_table_names())
+def schema_and_rows(url: str) -> dict[str, dict]:
+    """Per table: its columns, indexes, constraints and every row, as the database itself reports them."""
+    engine = open_database(url)
+    inspector, snapshot = inspect(engine), {}
+    with engine.connect() as connection:
+        for table in inspector.get_table_names():
+            snapshot[table] = {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], c["default"]) for c in inspector.get_columns(table)
+                ],
+                "indexes": sorted((i["name"], i["column_names"], i["unique"]) for i in inspector.get_indexes(table)),
+                "unique": sorted((u["name"], u["column_names"]) for u in inspector.get_unique_constraints(table)),
+                "foreign_keys": sorted(str(f) for f in inspector.get_foreign_keys(table)),
+                "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
+                "rows": sorted(map(tuple, connection.execute(text(f'SELECT * FROM "{table}"'))), key=repr),
+            }
     engine.dispose()
-    assert {"searches", "generations", "trials", "progress_points", "optimizer_states"} <= tables
+    return snapshot
+
+
+def test_upgrading_twice_changes_nothing(db_url, sessions):
+    with transaction(sessions) as session:  # a database in use, not an empty one
+        search = Search(name="in use", spec_json={"name": "in use"}, spec_hash="0" * 64)
+        session.add(search)
+        session.flush()
+        session.add_all(
+            [trial(search.id, 0, TrialStatus.SUCCEEDED, 2.5), trial(search.id, 1, TrialStatus.RUNNING, None)]
+        )
+    before = schema_and_rows(db_url)
+    upgrade(db_url)
+    assert schema_and_rows(db_url) == before  # same schema, same rows
+    head = ScriptDirectory(str(Path(__file__).parents[1] / "migrations")).get_current_head()
+    assert before["alembic_version"]["rows"] == [(head,)]  # at the newest migration
+    assert len(before["searches"]["rows"]) == 1 and len(before["trials"]["rows"]) == 2
 
 
 def test_the_queries_the_service_makes_are_indexed(db_url):
-    engine = make_engine(db_url)
+    engine = open_database(db_url)
     indexes = {tuple(i["column_names"]) for i in inspect(engine).get_indexes("trials")}
     unique = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("trials")}
     engine.dispose()
@@ -39,7 +71,7 @@ def test_the_queries_the_service_makes_are_indexed(db_url):
 def test_sqlite_runs_in_wal_mode(tmp_path):
     url = database_url(str(tmp_path / "wal.db"))
     upgrade(url)
-    engine = make_engine(url)
+    engine = open_database(url)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
@@ -47,7 +79,7 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
 
 def test_a_database_in_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="not a directory"):
-        make_engine(database_url(str(tmp_path / "absent" / "hpo.db")))
+        open_database(database_url(str(tmp_path / "absent" / "hpo.db")))
 
 
 def test_a_plain_postgresql_url_uses_the_shipped_driver():

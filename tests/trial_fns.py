@@ -2,14 +2,80 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import signal
 import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from hpo_service.engine.entrypoints import TrialFn
 from hpo_service.engine.executor import train_trial
+
+EXECUTION_LOG = "HPO_TEST_EXECUTION_LOG"  # names the file the logged trials append to; Ray workers inherit it
+PACE_S = 2.0  # paced_real's pause before it trains
+
+
+def candidate_key(multipliers: dict, seed: int) -> str:
+    """Names a candidate by what it trains (its multipliers and seed): the same in a payload and in the API."""
+    return hashlib.sha256(json.dumps([multipliers, seed], sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One run of a trial function on a worker, as the worker itself recorded it (not as the store says)."""
+
+    key: str
+    pid: int
+    started: float  # time.time() on the worker
+    finished: float | None  # None: the run never returned (its worker died)
+    loss: float | None
+
+
+def read_executions(path: Path) -> dict[str, list[Execution]]:
+    """Every execution in the log, per candidate key, in the order they started."""
+    starts: dict[str, dict] = {}
+    finishes: dict[str, dict] = {}
+    for line in (path.read_text() if path.exists() else "").split("\n")[:-1]:  # not a line still being written
+        entry = json.loads(line)
+        (starts if entry["event"] == "start" else finishes)[entry["execution"]] = entry
+    executions: dict[str, list[Execution]] = {}
+    for execution, start in sorted(starts.items(), key=lambda item: item[1]["time"]):
+        finish = finishes.get(execution, {})
+        executions.setdefault(start["key"], []).append(
+            Execution(start["key"], start["pid"], start["time"], finish.get("time"), finish.get("loss"))
+        )
+    return executions
+
+
+def _log(event: str, execution: str, key: str, **fields: object) -> None:
+    """One line per event, in one append, so lines from concurrent workers never interleave."""
+    path = os.environ.get(EXECUTION_LOG)
+    if path:
+        line = {"event": event, "execution": execution, "key": key, "pid": os.getpid(), "time": time.time(), **fields}
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(descriptor)
+
+
+def logged(trial_fn: TrialFn) -> TrialFn:
+    """``trial_fn``, recording each start and each return in the file ``HPO_TEST_EXECUTION_LOG`` names."""
+
+    @functools.wraps(trial_fn)
+    def run(payload: dict, report: Callable[[int, dict[str, float]], None]) -> dict:
+        execution, key = uuid.uuid4().hex, candidate_key(payload["multipliers"], payload["config"]["training"]["seed"])
+        _log("start", execution, key)
+        result = trial_fn(payload, report)
+        _log("finish", execution, key, loss=result.get("final_val_loss"))
+        return result
+
+    return run
 
 
 def synthetic(payload: dict, report) -> dict:
@@ -58,9 +124,10 @@ def reporting(payload: dict, report) -> dict:
     return synthetic(payload, report)
 
 
+@logged
 def paced_real(payload: dict, report) -> dict:
-    """The real trainer after a 2 s pause: a window in which a test can kill the worker mid-trial."""
-    time.sleep(2.0)
+    """The real trainer after a pause (a window in which a test can strike mid-trial), executions logged."""
+    time.sleep(PACE_S)
     return train_trial(payload, report)
 
 

@@ -1,11 +1,12 @@
 """The worker side: Complete(d)P parameterisation, model, data and training loop. Never imports hpo_service."""
 
 from trainer.config import TrainConfig
+from trainer.export import load_export
 from trainer.hparams import BaseHPs, MaterialisedHPs, Multipliers, apply_to_model, materialise
 from trainer.model import GPT, MODULE_TYPES, ModelConfig
 from trainer.parameterisation import Parameterisation, Shape
 from trainer.train import TrialResult, run_trial
-from trainer.transfer import apply_export, load_export
+from trainer.transfer import apply_export
 
 __all__ = [
     "GPT",

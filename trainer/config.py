@@ -1,15 +1,18 @@
 """The training configuration: the ``model``, ``training``, ``parameterisation`` and ``base_hps`` sections.
 
-A search spec carries the same sections, so every search spec is also a valid training configuration.
-Unknown keys and impossible values are rejected with an error naming the field.
+Each section is defined once, with its defaults and bounds: ``model`` is ``trainer.model.ModelConfig``,
+``base_hps`` is ``trainer.hparams.BaseHPs``, shapes are ``trainer.parameterisation.Shape`` and the
+parameterisation's defaults are ``Parameterisation``'s. A search spec is this configuration plus its search
+sections. Unknown keys and impossible values are rejected with an error naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainer.data import DataError, DataSource
 from trainer.hparams import BaseHPs, MaterialisedHPs, Multipliers, materialise
 from trainer.model import ModelConfig
 from trainer.parameterisation import Parameterisation, ParameterisationName, Shape
@@ -19,27 +22,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSection(Section):
-    width: int = Field(64, gt=0, description="Residual-stream width; a multiple of head_dim.")
-    depth: int = Field(2, gt=0, description="Number of transformer blocks.")
-    head_dim: int = Field(16, gt=0, description="Dimension of each attention head (fixed as width grows).")
-    seq_len: int = Field(64, gt=0, description="Context length in tokens.")
-    vocab_size: int = Field(256, gt=1, le=2**32, description="256 for the byte-level corpora.")
-    mlp_ratio: int = Field(4, gt=0)
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelSection:
-        if self.width % self.head_dim:
-            raise ValueError(f"model.width ({self.width}) must be a multiple of model.head_dim ({self.head_dim})")
-        return self
-
-    def to_model_config(self) -> ModelConfig:
-        return ModelConfig(**self.model_dump())
-
-
 class TrainingSection(Section):
-    batch_size: int = Field(16, gt=0, description="Sequences per optimiser step.")
-    steps: int = Field(60, gt=0, description="Optimiser steps.")
+    batch_size: int = Field(16, gt=0, le=1_000_000, description="Sequences per optimiser step.")
+    steps: int = Field(60, gt=0, le=10_000_000, description="Optimiser steps.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the cosine decay.")
     lr_floor: float = Field(0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
     data: str = Field("builtin:python-stdlib", description="builtin:python-stdlib, text:PATH or tokens:PATH[:dtype].")
@@ -53,6 +38,15 @@ class TrainingSection(Section):
     divergence_factor: float = Field(3.0, gt=1, description="Loss above this times the first loss is divergence.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile: auto means on CUDA only.")
 
+    @field_validator("data")
+    @classmethod
+    def _known_source(cls, data: str) -> str:
+        try:
+            DataSource.parse(data)
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
+        return data
+
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingSection:
         if self.warmup_steps > self.steps:
@@ -60,21 +54,18 @@ class TrainingSection(Section):
         return self
 
 
-class ShapeSection(Section):
-    width: int = Field(gt=0)
-    depth: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    tokens: int = Field(gt=0)
-
-    def to_shape(self) -> Shape:
-        return Shape(**self.model_dump())
+_DEFAULT_PARAMETERISATION = Parameterisation()
 
 
 class ParameterisationSection(Section):
-    name: ParameterisationName = "completed"
-    alpha: float = Field(1.0, ge=0.5, le=1.0, description="Depth exponent: 1 is CompleteP, 0.5 depth-μP.")
-    duration_exponent: float = Field(0.5, ge=0, le=1, description="Power of m_B/m_D on LR, WD and ε.")
-    base_shape: ShapeSection | None = Field(
+    name: ParameterisationName = _DEFAULT_PARAMETERISATION.name
+    alpha: float = Field(
+        _DEFAULT_PARAMETERISATION.alpha, ge=0.5, le=1.0, description="Depth exponent: 1 is CompleteP, 0.5 depth-μP."
+    )
+    duration_exponent: float = Field(
+        _DEFAULT_PARAMETERISATION.duration_exponent, ge=0, le=1, description="Power of m_B/m_D on LR, WD and ε."
+    )
+    base_shape: Shape | None = Field(
         None, description="Shape the base HPs were tuned at; defaults to this config's own shape."
     )
 
@@ -82,49 +73,30 @@ class ParameterisationSection(Section):
         return Parameterisation(self.name, self.alpha, self.duration_exponent)
 
 
-class BaseHPsSection(Section):
-    lr: float = Field(0.01, gt=0)
-    init_std: float = Field(0.02, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-
-    def to_base_hps(self) -> BaseHPs:
-        return BaseHPs(**self.model_dump())
-
-
 class TrainConfig(Section):
     """One training run: a model, its budget, its parameterisation and its base HPs."""
 
-    model: ModelSection = ModelSection()
+    model: ModelConfig = ModelConfig()
     training: TrainingSection = TrainingSection()
     parameterisation: ParameterisationSection = ParameterisationSection()
-    base_hps: BaseHPsSection = BaseHPsSection()
+    base_hps: BaseHPs = BaseHPs()
 
     def shape(self) -> Shape:
         t = self.training
         return Shape(self.model.width, self.model.depth, t.batch_size, t.steps * t.batch_size * self.model.seq_len)
 
     def base_shape(self) -> Shape:
-        base = self.parameterisation.base_shape
-        return base.to_shape() if base is not None else self.shape()
+        return self.parameterisation.base_shape or self.shape()
 
     def materialise(self, multipliers: Multipliers) -> MaterialisedHPs:
         """The base HPs times ``multipliers``, carried from the base shape to this config's shape."""
         return materialise(
-            self.base_hps.to_base_hps(),
-            multipliers,
-            self.parameterisation.to_parameterisation(),
-            self.base_shape(),
-            self.shape(),
+            self.base_hps, multipliers, self.parameterisation.to_parameterisation(), self.base_shape(), self.shape()
         )
 
     def with_base_shape_pinned(self) -> TrainConfig:
         """This config with its own shape recorded as the base shape (if none is set)."""
         if self.parameterisation.base_shape is not None:
             return self
-        pinned = ShapeSection(**vars(self.shape()))
-        return self.model_copy(
-            update={"parameterisation": self.parameterisation.model_copy(update={"base_shape": pinned})}
-        )
+        pinned = self.parameterisation.model_copy(update={"base_shape": self.shape()})
+        return self.model_copy(update={"parameterisation": pinned})

@@ -53,8 +53,8 @@ def coord_check(
     for width in widths:
         cfg = config.model_copy(update={"model": config.model.model_copy(update={"width": width})})
         torch.manual_seed(seed)
-        model = GPT(cfg.model.to_model_config())
-        hps = materialise(cfg.base_hps.to_base_hps(), Multipliers(), param, cfg.base_shape(), cfg.shape())
+        model = GPT(cfg.model)
+        hps = materialise(cfg.base_hps, Multipliers(), param, cfg.base_shape(), cfg.shape())
         optimizer = torch.optim.AdamW(apply_to_model(model, hps))
         initial = _module_outputs(model, probe)
         for step in range(1, steps + 1):

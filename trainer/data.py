@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,18 +44,13 @@ class Corpus:
 
 def load_corpus(source: str, *, vocab_size: int = 256, val_fraction: float = 0.05) -> Corpus:
     """Load a corpus by name; token ids are checked against ``vocab_size``."""
-    kind, _, rest = source.partition(":")
-    if source == BUILTIN_STDLIB:
+    parsed = DataSource.parse(source)
+    if parsed.kind == "builtin":
         corpus = _python_stdlib()
-    elif kind == "text" and rest:
-        corpus = _split_tail(_read_text(Path(rest)), 256, val_fraction)
-    elif kind == "tokens" and rest:
-        path, dtype = _parse_token_source(rest)
-        corpus = _split_tail(_map_tokens(path, dtype), None, val_fraction)
+    elif parsed.kind == "text":
+        corpus = _split_tail(_read_text(parsed.path), 256, val_fraction)
     else:
-        raise DataError(
-            f"unknown data source {source!r}: use {BUILTIN_STDLIB}, text:PATH or tokens:PATH[:uint16|uint32]"
-        )
+        corpus = _split_tail(_map_tokens(parsed.path, parsed.token_dtype), None, val_fraction)
     if corpus.vocab_size > vocab_size:
         raise DataError(
             f"data {source!r} holds token ids up to {corpus.vocab_size - 1}, beyond vocab_size {vocab_size}"
@@ -62,16 +58,48 @@ def load_corpus(source: str, *, vocab_size: int = 256, val_fraction: float = 0.0
     return corpus
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """A data source name, parsed: what it reads and how. ``str()`` writes it back as a spec would."""
+
+    kind: Literal["builtin", "text", "tokens"]
+    path: Path | None = None  # None for the built-in corpus
+    dtype: str | None = None  # tokens only, as written (uint16 or uint32); None: the default, uint16
+
+    @classmethod
+    def parse(cls, source: str) -> DataSource:
+        """Raises ``DataError`` for a source that names none of the known kinds."""
+        kind, _, rest = source.partition(":")
+        if source == BUILTIN_STDLIB:
+            return cls("builtin")
+        if kind == "text" and rest:
+            return cls("text", Path(rest))
+        if kind == "tokens" and rest:
+            path, _, dtype = rest.rpartition(":")
+            if dtype in TOKEN_DTYPES and path:
+                return cls("tokens", Path(path), dtype)
+            return cls("tokens", Path(rest))
+        raise DataError(
+            f"unknown data source {source!r}: use {BUILTIN_STDLIB}, text:PATH or tokens:PATH[:uint16|uint32]"
+        )
+
+    @property
+    def token_dtype(self) -> np.dtype:
+        return np.dtype(TOKEN_DTYPES[self.dtype or "uint16"])
+
+    def at(self, path: Path) -> DataSource:
+        """The same source reading ``path`` instead (e.g. the path resolved)."""
+        return replace(self, path=path)
+
+    def __str__(self) -> str:
+        if self.kind == "builtin":
+            return BUILTIN_STDLIB
+        return f"{self.kind}:{self.path}" + (f":{self.dtype}" if self.dtype else "")
+
+
 def source_path(source: str) -> Path | None:
     """The file or folder a data source reads; None for the built-in corpus. Unknown sources raise."""
-    kind, _, rest = source.partition(":")
-    if source == BUILTIN_STDLIB:
-        return None
-    if kind == "text" and rest:
-        return Path(rest)
-    if kind == "tokens" and rest:
-        return _parse_token_source(rest)[0]
-    raise DataError(f"unknown data source {source!r}: use {BUILTIN_STDLIB}, text:PATH or tokens:PATH[:uint16|uint32]")
+    return DataSource.parse(source).path
 
 
 @lru_cache(maxsize=1)
@@ -102,13 +130,6 @@ def _read_text(path: Path) -> np.ndarray:
     else:
         raise DataError(f"text corpus {str(path)!r} does not exist")
     return np.frombuffer(data, dtype=np.uint8)
-
-
-def _parse_token_source(rest: str) -> tuple[Path, np.dtype]:
-    path, _, dtype = rest.rpartition(":")
-    if dtype in TOKEN_DTYPES and path:
-        return Path(path), np.dtype(TOKEN_DTYPES[dtype])
-    return Path(rest), np.dtype(np.uint16)
 
 
 def _map_tokens(path: Path, dtype: np.dtype) -> np.ndarray:

@@ -15,14 +15,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from trainer.model import GPT, MODULE_TYPES
+from trainer.model import BLOCK_MODULE_TYPES, GPT, MODULE_TYPES
 from trainer.parameterisation import Parameterisation, Shape
 
-HP_NAMES = ("lr", "init_std", "weight_decay", "beta1", "beta2", "eps")
 RESIDUAL_BRANCHES = ("attn", "mlp")
-BLOCK_MODULE_TYPES = MODULE_TYPES[1:-2]  # everything inside a residual block
 MAX_BETA = 1.0 - 1e-6
 
 SCALING_GROUP = {
@@ -41,16 +40,21 @@ INIT_STD_MODULE_TYPES = tuple(
 )
 
 
-@dataclass(frozen=True)
-class BaseHPs:
-    """The global hyperparameters, as tuned at the base shape."""
+class BaseHPs(BaseModel):
+    """The global hyperparameters, as tuned at the base shape. Checked when built, so it is also the
+    ``base_hps`` section of a training config and of an export."""
 
-    lr: float = 0.01
-    init_std: float = 0.02
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(0.01, gt=0)
+    init_std: float = Field(0.02, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+
+
+HP_NAMES = tuple(BaseHPs.model_fields)  # the tunable hyperparameters
 
 
 @dataclass(frozen=True)

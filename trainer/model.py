@@ -12,23 +12,29 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 NORM_EPS = 1e-6
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int = 256
-    width: int = 64
-    depth: int = 2
-    head_dim: int = 16
-    seq_len: int = 64
-    mlp_ratio: int = 4
+class ModelConfig(BaseModel):
+    """The architecture. Checked when built, so it is also the ``model`` section of a training config."""
 
-    def __post_init__(self) -> None:
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(64, gt=0, description="Residual-stream width; a multiple of head_dim.")
+    depth: int = Field(2, gt=0, description="Number of transformer blocks.")
+    head_dim: int = Field(16, gt=0, description="Dimension of each attention head (fixed as width grows).")
+    seq_len: int = Field(64, gt=0, description="Context length in tokens.")
+    vocab_size: int = Field(256, gt=1, le=2**32, description="256 for the byte-level corpora.")
+    mlp_ratio: int = Field(4, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
         if self.width % self.head_dim:
-            raise ValueError(f"width {self.width} is not a multiple of head_dim {self.head_dim}")
+            raise ValueError(f"model.width ({self.width}) must be a multiple of model.head_dim ({self.head_dim})")
+        return self
 
     @property
     def n_heads(self) -> int:
@@ -169,4 +175,17 @@ MODULE_TYPES = (
     "k_norm",
     "final_norm",
     "unembedding",
+)
+# The module types inside a residual block: one parameter group per block. The others occur once per model.
+BLOCK_MODULE_TYPES = (
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_out",
+    "mlp_up",
+    "mlp_down",
+    "norm_attn",
+    "norm_mlp",
+    "q_norm",
+    "k_norm",
 )

@@ -81,7 +81,7 @@ class _Run:
             self.t.data, vocab_size=config.model.vocab_size, val_fraction=self.t.val_fraction
         )
         torch.manual_seed(self.t.seed)
-        self.model = GPT(config.model.to_model_config())
+        self.model = GPT(config.model)
         groups = apply_to_model(
             self.model, config.materialise(hps)
         )  # initialised on the CPU: the same weights everywhere

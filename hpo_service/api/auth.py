@@ -1,23 +1,28 @@
 """Bearer-token auth for the endpoints that change something; reads stay open (the server binds to loopback).
 
-With ``HPO_API_TOKEN`` unset, nothing is checked. The token is compared in constant time and never logged.
+Without a token in the settings (``HPO_API_TOKEN`` unset), nothing is checked. The token is compared in
+constant time and never logged.
 """
 
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import HTTPException, Request, status
+from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from hpo_service.api.deps import SettingsDep
 
 _bearer = HTTPBearer(auto_error=False, description="Needed on mutating endpoints when HPO_API_TOKEN is set.")
 
 
-async def require_token(request: Request) -> None:
-    expected: str | None = request.app.state.api_token
+def require_token(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    expected = settings.api_token
     if not expected:
         return
-    credentials: HTTPAuthorizationCredentials | None = await _bearer(request)
     given = credentials.credentials if credentials else ""
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(

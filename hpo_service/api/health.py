@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 
+from hpo_service.api.deps import SettingsDep
 from hpo_service.api.schemas import Health
 from hpo_service.store.database import driver_message
 
@@ -14,14 +15,14 @@ router = APIRouter(prefix="/api", tags=["health"])
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
-def health(request: Request, response: Response) -> Health:
+def health(settings: SettingsDep, response: Response) -> Health:
     try:
-        with request.app.state.sessions() as session:
+        with settings.sessions() as session:
             session.execute(text("SELECT 1"))
         database = "ok"
     except Exception as exc:
         database = f"error: {type(exc).__name__}: {driver_message(exc)}"
-    engine = request.app.state.engine
+    engine = settings.engine
     if engine is None:
         engine_state = "off"
     elif engine.error:

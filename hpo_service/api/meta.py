@@ -1,4 +1,5 @@
-"""``/api/model-families``: what a spec may name (module types, HPs, parameterisations, optimizers)."""
+"""``/api/model-families``: what a spec may name (module types, HPs, parameterisations, optimizers);
+``/api/meta``: the statuses searches and trials may be in."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import get_args
 
 from fastapi import APIRouter
 
-from hpo_service.api.schemas import ModelFamily
+from hpo_service.api.schemas import Meta, ModelFamily
 from hpo_service.spec import OptimizerName
+from hpo_service.statuses import SearchStatus, TrialStatus
 from trainer.hparams import HP_NAMES, RESIDUAL_BRANCHES
 from trainer.model import MODULE_TYPES
 from trainer.parameterisation import PARAMETERISATIONS
@@ -28,3 +30,9 @@ def model_families() -> list[ModelFamily]:
             optimizers=list(get_args(OptimizerName)),
         )
     ]
+
+
+@router.get("/meta", response_model=Meta)
+def meta() -> Meta:
+    """The statuses a search and a trial may be in (the dashboard's filters list them from here)."""
+    return Meta(search_statuses=list(SearchStatus), trial_statuses=list(TrialStatus))

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hpo_service.statuses import GenerationStatus, SearchStatus, TrialStatus
+
 
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
@@ -16,22 +18,24 @@ class Health(BaseModel):
 
 class SearchCreated(BaseModel):
     id: int = Field(examples=[1])
-    status: str = Field(examples=["queued"])
+    status: SearchStatus = Field(examples=["queued"])
 
 
 class SearchSummary(BaseModel):
     id: int = Field(examples=[1])
     name: str = Field(examples=["tiny-demo"])
-    status: str = Field(examples=["running"], description="queued, running, paused, completed, cancelled or failed")
+    status: SearchStatus = Field(examples=["running"])
+    commands: list[str] = Field(examples=[["pause", "cancel"]], description="The commands its status allows now.")
     spec_hash: str
     optimizer: str = Field(examples=["cma"])
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
-    trials: dict[str, int] = Field(
+    trials: dict[TrialStatus, int] = Field(
         examples=[{"pending": 2, "running": 2, "succeeded": 8, "failed": 0, "diverged": 0, "cancelled": 0}]
     )
+    ended: int = Field(examples=[8], description="Trials that reached a final status: what counts to the budget.")
     budget: int = Field(examples=[18], description="population × generations × replicates")
     generations: int = Field(examples=[3])
     generations_completed: int = Field(examples=[1])
@@ -49,7 +53,7 @@ class SearchPage(BaseModel):
 
 class GenerationOut(BaseModel):
     number: int = Field(examples=[0])
-    status: str = Field(examples=["completed"])
+    status: GenerationStatus = Field(examples=["completed"])
     trials: int = Field(examples=[6])
     ended: int = Field(examples=[6], description="Trials that reached a final status.")
     best_loss: float | None = Field(examples=[2.92])
@@ -68,7 +72,7 @@ class TrialOut(BaseModel):
     index: int = Field(description="Position of the candidate within its generation.")
     replicate: int
     seed: int
-    status: str = Field(examples=["succeeded"])
+    status: TrialStatus = Field(examples=["succeeded"])
     attempts: int
     loss: float | None = Field(description="Final validation loss; null unless the trial succeeded.")
     train_loss: float | None
@@ -112,6 +116,13 @@ class ModelFamily(BaseModel):
     residual_branches: list[str]
     parameterisations: list[str]
     optimizers: list[str]
+
+
+class Meta(BaseModel):
+    """The statuses the API answers with, so that a page or a client lists them without a copy of its own."""
+
+    search_statuses: list[SearchStatus]
+    trial_statuses: list[TrialStatus]
 
 
 class Problem(BaseModel):

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, HTTPException, Query, status
 
-from hpo_service.api.deps import MAX_ID, Offset, SearchId, TrialId, db_session
+from hpo_service.api.deps import MAX_ID, NOT_FOUND, Offset, SearchDep, SessionDep, TrialId
 from hpo_service.api.schemas import CurvePoint, TrialDetail, TrialOut, TrialPage
-from hpo_service.api.searches import NOT_FOUND, search_or_404
+from hpo_service.statuses import TrialStatus
 from hpo_service.store import queries
-from hpo_service.store.models import TRIAL_STATUSES, Trial
+from hpo_service.store.models import Trial
 
-router = APIRouter(prefix="/api/searches/{search_id}/trials", tags=["trials"])
-SessionDep = Annotated[Session, Depends(db_session)]
+router = APIRouter(prefix="/api/searches/{search_id}/trials", tags=["trials"], responses=NOT_FOUND)
 
 
-@router.get("", response_model=TrialPage, responses=NOT_FOUND)
+@router.get("", response_model=TrialPage)
 def list_trials(
-    search_id: SearchId,
+    search: SearchDep,
     session: SessionDep,
     generation: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
-    status: Annotated[Literal[TRIAL_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+    status: Annotated[TrialStatus | None, Query()] = None,
     sort: Annotated[
         Literal["asked", "loss"], Query(description="asked: generation, index; loss: best first")
     ] = "asked",
@@ -30,16 +28,15 @@ def list_trials(
     offset: Offset = 0,
 ) -> TrialPage:
     """The search's trials, in the order they were asked or best loss first."""
-    search_or_404(session, search_id)
-    total, rows = queries.trials_page(session, search_id, limit, offset, generation, status, sort)
+    total, rows = queries.trials_page(session, search.id, limit, offset, generation, status, sort)
     return TrialPage(total=total, limit=limit, offset=offset, trials=[TrialOut.model_validate(r) for r in rows])
 
 
-@router.get("/{trial_id}", response_model=TrialDetail, responses=NOT_FOUND)
-def get_trial(search_id: SearchId, trial_id: TrialId, session: SessionDep) -> TrialDetail:
+@router.get("/{trial_id}", response_model=TrialDetail)
+def get_trial(search: SearchDep, trial_id: TrialId, session: SessionDep) -> TrialDetail:
     """One trial with its learning curve (streamed while it runs, complete once it has ended)."""
     trial = session.get(Trial, trial_id)
-    if trial is None or trial.search_id != search_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"search {search_id} has no trial {trial_id}")
+    if trial is None or trial.search_id != search.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"search {search.id} has no trial {trial_id}")
     curve = [CurvePoint.model_validate(p) for p in queries.curve(session, trial_id)]
     return TrialDetail(**TrialOut.model_validate(trial).model_dump(), curve=curve)

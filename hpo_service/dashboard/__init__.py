@@ -6,12 +6,10 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from hpo_service.dashboard import pages, routes
-from hpo_service.dashboard.cache import AnswerCache
 
 
 def install(app: FastAPI) -> None:
     """Serve the dashboard from ``app``: the pages at ``/``, their data under ``/api``, scripts at ``/static``."""
     app.include_router(pages.router)
-    app.state.dashboard_cache = AnswerCache()
     app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from hpo_service.dashboard.sampling import envelope, evenly
 from hpo_service.dashboard.schemas import GenerationStats, LossPoints, Marks, Outcomes
+from hpo_service.statuses import TrialStatus
 from hpo_service.store import queries
 
 MAX_EVALUATED = 1000  # points of the loss-against-evaluations scatter
@@ -31,7 +32,7 @@ def outcomes(session: Session, search_id: int) -> Outcomes:
     generations: dict[int, _Generation] = {}
     for number, row in enumerate(rows, start=1):
         generation = generations.setdefault(row.generation, _Generation())
-        if row.status != "succeeded":
+        if row.status != TrialStatus.SUCCEEDED:
             getattr(generation, row.status).append(row.id)
             continue
         generation.succeeded.append((row.loss, row.id))
@@ -63,7 +64,7 @@ def _population(generations: dict[int, _Generation]) -> tuple[LossPoints, Marks,
     at most ``MAX_POPULATION`` of each kind in all."""
     cap = max(3, MAX_POPULATION // max(1, len(generations)))
     points: list[tuple[int, float, int]] = []
-    marks: dict[str, list[tuple[int, int]]] = {"diverged": [], "failed": []}
+    marks: dict[str, list[tuple[int, int]]] = {TrialStatus.DIVERGED: [], TrialStatus.FAILED: []}
     stats = GenerationStats()
     for number in sorted(generations):
         generation = generations[number]
@@ -82,7 +83,7 @@ def _population(generations: dict[int, _Generation]) -> tuple[LossPoints, Marks,
     population = LossPoints()
     for i in evenly(len(points), MAX_POPULATION):
         _append(population, *points[i])
-    diverged, failed = (_marks(marks[kind], sum(getattr(stats, kind))) for kind in ("diverged", "failed"))
+    diverged, failed = (_marks(trial_ids, sum(getattr(stats, kind))) for kind, trial_ids in marks.items())
     return population, diverged, failed, stats
 
 

@@ -7,14 +7,11 @@ import html
 from importlib.resources import files
 from pathlib import Path
 from string import Template
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
-from sqlalchemy.orm import Session
 
-from hpo_service.api.deps import SearchId, db_session
-from hpo_service.api.searches import search_or_404
+from hpo_service.api.deps import SearchDep
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -30,8 +27,7 @@ def overview() -> HTMLResponse:
 
 
 @router.get("/searches/{search_id}", response_class=HTMLResponse)
-def search_page(search_id: SearchId, session: Annotated[Session, Depends(db_session)]) -> HTMLResponse:
-    search = search_or_404(session, search_id)
+def search_page(search: SearchDep) -> HTMLResponse:
     return HTMLResponse(_render("search.html", search_id=search.id, name=search.name))
 
 

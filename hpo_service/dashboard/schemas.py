@@ -77,7 +77,9 @@ class Parallel(BaseModel):
     colour_range: tuple[float, float] | None = Field(description="Lowest loss and the 90th percentile.")
 
 
-class Multipliers(BaseModel):
+class MultiplierCharts(BaseModel):
+    """Where the search went in its space of log2 multipliers: the heatmap and the parallel coordinates."""
+
     bounds: tuple[float, float] = Field(description="The search space's log2 bounds.")
     heatmap: Heatmap
     parallel: Parallel

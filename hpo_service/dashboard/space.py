@@ -7,7 +7,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from hpo_service.dashboard.sampling import evenly
-from hpo_service.dashboard.schemas import Candidate, Heatmap, Multipliers, Parallel
+from hpo_service.dashboard.schemas import Candidate, Heatmap, MultiplierCharts, Parallel
 from hpo_service.spec import SearchSpec
 from hpo_service.store import queries
 from hpo_service.store.models import Search
@@ -17,10 +17,10 @@ MAX_AXES = 40  # coordinates drawn; beyond that, those most correlated with the 
 RESIDUAL_COLUMN = "branch scale"
 
 
-def multipliers(session: Session, search: Search, top_k: int) -> Multipliers:
+def multiplier_charts(session: Session, search: Search, top_k: int) -> MultiplierCharts:
     spec = search.spec
     names = spec.search_space.coordinates(spec.model.depth)
-    return Multipliers(
+    return MultiplierCharts(
         bounds=spec.search_space.log2_bounds,
         heatmap=_heatmap(session, search.id, spec, names, top_k),
         parallel=_parallel(session, search.id, names),
@@ -51,7 +51,7 @@ def _heatmap(session: Session, search_id: int, spec: SearchSpec, names: list[str
     rows = list(dict.fromkeys(row for row, _ in cells))
     present = {column for _, column in cells}
     columns = [h for h in spec.search_space.hps if h in present] + [RESIDUAL_COLUMN] * (RESIDUAL_COLUMN in present)
-    top = queries.best_candidates(session, search_id, spec.optimizer.replicates, top_k)
+    top = queries.best_candidates(session, search_id, top_k)
     vectors = queries.vectors(session, [c.trial_id for c in top])
     matrix = np.array([vectors[c.trial_id] for c in top], dtype=float).reshape(len(top), len(names))
 

@@ -17,15 +17,16 @@ import time
 from collections.abc import Callable
 
 from ray.exceptions import RayError
-from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hpo_service.engine.executor import Event, Lost, RayExecutor, Resources, ensure_ray
 from hpo_service.engine.records import record_all
 from hpo_service.engine.runner import SearchRunner
+from hpo_service.statuses import FINAL_SEARCH, SearchStatus
+from hpo_service.store import queries, writes
 from hpo_service.store.database import driver_message, transaction
-from hpo_service.store.models import ACTIVE_SEARCH_STATUSES, ProgressPoint, Search, Trial, utcnow
+from hpo_service.store.models import Search
 
 log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 0.25  # how often the engine looks for searches changed through the API, unless woken
@@ -109,7 +110,7 @@ class Engine:
         try:
             self._record()
             with transaction(self.sessions) as session:
-                _requeue(session, interrupted)
+                writes.requeue(session, interrupted)
         except DBAPIError:
             log.warning("engine: could not write the last results; the next start re-runs those trials")
 
@@ -177,17 +178,13 @@ class Engine:
         """Match the runners to the searches' statuses in the store."""
         self._last_sync = time.monotonic()
         with transaction(self.sessions) as session:
-            searches = session.execute(
-                select(Search.id, Search.status).where(
-                    or_(Search.status.in_(ACTIVE_SEARCH_STATUSES), Search.id.in_(list(self.runners)))
-                )
-            ).all()
+            searches = queries.searches_to_drive(session, list(self.runners))
         for search_id, status in searches:
-            if status in ("cancelled", "completed", "failed"):
+            if status in FINAL_SEARCH:
                 self._retire(search_id, status)
             elif search_id not in self.runners:
                 self._load(search_id)
-            if status == "paused":
+            if status == SearchStatus.PAUSED:
                 self.paused.add(search_id)
             else:
                 self.paused.discard(search_id)
@@ -195,15 +192,10 @@ class Engine:
     def _load(self, search_id: int) -> None:
         try:
             with transaction(self.sessions) as session:
-                search = session.get(Search, search_id)
-                runner = SearchRunner.load(session, search)
-                orphans = session.scalars(
-                    select(Trial.id).where(Trial.search_id == search_id, Trial.status == "running")
-                ).all()
-                _requeue(session, [t for t in orphans if not self.executor.tracks(t)])
-                search.started_at = search.started_at or utcnow()
-                if search.status == "queued":
-                    search.status = "running"
+                runner = SearchRunner.load(session, session.get(Search, search_id))
+                orphans = queries.running_trial_ids(session, search_id)
+                writes.requeue(session, [t for t in orphans if not self.executor.tracks(t)])
+                writes.start_search(session, search_id)
         except DBAPIError:
             raise
         except Exception as exc:
@@ -219,28 +211,11 @@ class Engine:
         self.executor.cancel(mine)
         for trial_id in mine:
             self.owner.pop(trial_id)
-        if status == "cancelled":
+        if status == SearchStatus.CANCELLED:
             with transaction(self.sessions) as session:
-                session.execute(
-                    update(Trial)
-                    .where(Trial.search_id == search_id, Trial.status.in_(("pending", "running")))
-                    .values(status="cancelled", finished_at=utcnow())
-                )
+                writes.cancel_unfinished(session, search_id)
 
     def _fail(self, search_id: int, error: str) -> None:
         with transaction(self.sessions) as session:
-            search = session.get(Search, search_id)
-            search.status, search.error, search.finished_at = "failed", error[:4000], utcnow()
-        self._retire(search_id, "failed")
-
-
-def _requeue(session: Session, trial_ids: list[int]) -> None:
-    """Running trials whose controller stopped become pending again, their partial curves dropped; the
-    interrupted attempt is not counted against the retries."""
-    if trial_ids:
-        session.execute(
-            update(Trial)
-            .where(Trial.id.in_(trial_ids), Trial.status == "running")
-            .values(status="pending", attempts=Trial.attempts - 1, started_at=None)
-        )
-        session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id.in_(trial_ids)))
+            writes.fail_search(session, search_id, error)
+        self._retire(search_id, SearchStatus.FAILED)

@@ -16,11 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-if not os.environ.get("RAY_ADDRESS"):
-    # A local Ray stays on loopback: with "clusters" off, Ray binds its node to 127.0.0.1, not the routable IP.
-    # Read when ray is imported, hence before the import.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -273,4 +268,6 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **options)
     else:
+        # Node on loopback. Ray reads this when imported: the processes it starts see it, this one read it before.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(address="local", num_cpus=num_cpus, **options)

@@ -1,20 +1,19 @@
-"""How each executor event is written to the store.
+"""What each executor event means for the store: the trial's worker, its progress, its result or its loss.
 
-These writes need no optimizer: a result that arrives while its search's runner is being rebuilt is stored
-all the same, and the rebuilt runner reads it from the store.
+These writes need no policy: a result that arrives while its search's runner is being rebuilt is stored all
+the same, and the rebuilt runner reads it from the store.
 """
 
 from __future__ import annotations
 
 import math
 
-from sqlalchemy import bindparam, delete, func, insert, update
 from sqlalchemy.orm import Session
 
 from hpo_service.engine.executor import Event, Finished, Lost, Progress, Started, TimedOut
-from hpo_service.store.models import ProgressPoint, Search, Trial, utcnow
-
-TRIAL_OUTCOMES = ("succeeded", "diverged", "failed")
+from hpo_service.statuses import TRIAL_OUTCOMES, TrialStatus
+from hpo_service.store import writes
+from hpo_service.store.models import Search, Trial
 
 
 def record_all(session: Session, events: list[Event]) -> None:
@@ -23,108 +22,57 @@ def record_all(session: Session, events: list[Event]) -> None:
     for event in events:
         match event:
             case Started(trial_id, node, worker):
-                session.execute(update(Trial).where(Trial.id == trial_id).values(node=node[:64], worker=worker[:128]))
+                writes.record_worker(session, trial_id, node, worker)
             case Progress(trial_id, points):
-                _insert_points(session, [(trial_id, step, metrics) for step, metrics in points])
+                writes.record_progress(session, [(trial_id, step, _finite_metrics(m)) for step, m in points])
             case Finished():
                 finished.append(event)
             case Lost(trial_id, reason):
-                _record_loss_of_worker(session, trial_id, reason)
+                trial = session.get(Trial, trial_id)
+                if trial is not None:
+                    max_retries = session.get(Search, trial.search_id).spec.execution.max_retries
+                    writes.record_lost_worker(session, trial_id, reason, max_retries)
             case TimedOut(trial_id, timeout_s):
-                session.execute(
-                    update(Trial)
-                    .where(Trial.id == trial_id, Trial.status == "running")
-                    .values(status="failed", error=f"timed out after {timeout_s:g} s", finished_at=utcnow())
-                )
+                writes.record_timeout(session, trial_id, timeout_s)
     if finished:
-        _record_results(session, finished)
+        results, curves = zip(*(_result(event) for event in finished), strict=True)
+        points = [point for curve in curves for point in curve]
+        writes.record_results(session, results, points, [e.trial_id for e in finished if e.streamed])
 
 
-_FINISH = (
-    Trial.__table__.update()
-    .where(Trial.__table__.c.id == bindparam("trial_id"), Trial.__table__.c.status == "running")
-    .values(
-        status=bindparam("new_status"),
-        loss=bindparam("new_loss"),
-        train_loss=bindparam("new_train_loss"),
-        steps=bindparam("new_steps"),
-        tokens=bindparam("new_tokens"),
-        tokens_per_s=bindparam("new_tokens_per_s"),
-        wall_time_s=bindparam("new_wall_time_s"),
-        error=bindparam("new_error"),
-        node=func.coalesce(bindparam("new_node"), Trial.__table__.c.node),
-        worker=func.coalesce(bindparam("new_worker"), Trial.__table__.c.worker),
-        finished_at=bindparam("new_finished_at"),
+def _result(event: Finished) -> tuple[writes.TrialResult, list[tuple[int, int, dict[str, float | None]]]]:
+    """The trial's final row and full curve from what the worker returned; a result that is not one of the
+    known outcomes fails the trial, and one that succeeded without a finite loss diverged."""
+    result = event.result
+    status = result.get("status")
+    if status not in TRIAL_OUTCOMES:
+        status, result = TrialStatus.FAILED, {"reason": f"the trial returned an unknown status {status!r}"}
+    loss = _finite(result.get("final_val_loss")) if status == TrialStatus.SUCCEEDED else None
+    if status == TrialStatus.SUCCEEDED and loss is None:
+        status, result = TrialStatus.DIVERGED, {**result, "reason": "no finite validation loss"}
+    row = writes.TrialResult(
+        trial_id=event.trial_id,
+        status=TrialStatus(status),
+        loss=loss,
+        train_loss=_finite(result.get("final_train_loss")),
+        steps=result.get("steps"),
+        tokens=result.get("tokens"),
+        tokens_per_s=_finite(result.get("tokens_per_s")),
+        wall_time_s=_finite(result.get("wall_time_s")),
+        error=result.get("reason"),
+        node=event.node[:64] if event.node else None,
+        worker=event.worker[:128] if event.worker else None,
     )
-)  # a cancelled trial stays cancelled: only running trials finish
+    curve: dict[int, dict[str, float | None]] = {}
+    for step, value in result.get("train_curve", []):
+        curve.setdefault(int(step), {})["train_loss"] = _finite(value)
+    for step, value in result.get("eval_curve", []):
+        curve.setdefault(int(step), {})["val_loss"] = _finite(value)
+    return row, [(event.trial_id, step, metrics) for step, metrics in sorted(curve.items())]
 
 
-def _record_results(session: Session, events: list[Finished]) -> None:
-    """One UPDATE (executemany) for the trials, one DELETE and one INSERT for their curves."""
-    now, updates, points = utcnow(), [], []
-    for event in events:
-        result = event.result
-        status = result.get("status")
-        if status not in TRIAL_OUTCOMES:
-            status, result = "failed", {"reason": f"the trial returned an unknown status {status!r}"}
-        loss = _finite(result.get("final_val_loss")) if status == "succeeded" else None
-        if status == "succeeded" and loss is None:
-            status, result = "diverged", {**result, "reason": "no finite validation loss"}
-        updates.append(
-            {
-                "trial_id": event.trial_id,
-                "new_status": status,
-                "new_loss": loss,
-                "new_train_loss": _finite(result.get("final_train_loss")),
-                "new_steps": result.get("steps"),
-                "new_tokens": result.get("tokens"),
-                "new_tokens_per_s": _finite(result.get("tokens_per_s")),
-                "new_wall_time_s": _finite(result.get("wall_time_s")),
-                "new_error": result.get("reason"),
-                "new_node": event.node[:64] if event.node else None,
-                "new_worker": event.worker[:128] if event.worker else None,
-                "new_finished_at": now,
-            }
-        )
-        curve: dict[int, dict[str, float]] = {}
-        for step, value in result.get("train_curve", []):
-            curve.setdefault(int(step), {})["train_loss"] = value
-        for step, value in result.get("eval_curve", []):
-            curve.setdefault(int(step), {})["val_loss"] = value
-        points += [(event.trial_id, step, metrics) for step, metrics in sorted(curve.items())]
-    connection = session.connection()
-    connection.execute(_FINISH, updates)
-    streamed = [event.trial_id for event in events if event.streamed]
-    if streamed:  # the streamed points are superseded by the full curve
-        session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id.in_(streamed)))
-    _insert_points(session, points)
-
-
-def _record_loss_of_worker(session: Session, trial_id: int, reason: str) -> None:
-    """Retry the same candidate while its search allows, else fail it with the reason."""
-    trial = session.get(Trial, trial_id)
-    if trial is None or trial.status != "running":
-        return
-    max_retries = session.get(Search, trial.search_id).spec.execution.max_retries
-    session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id == trial_id))
-    if trial.attempts <= max_retries:
-        trial.status, trial.error = "pending", f"worker lost, retrying: {reason}"
-    else:
-        trial.status, trial.error, trial.finished_at = "failed", f"worker lost: {reason}", utcnow()
-
-
-def _insert_points(session: Session, points: list[tuple[int, int, dict[str, float]]]) -> None:
-    rows = [
-        {
-            "trial_id": trial_id,
-            "step": int(step),
-            "train_loss": _finite(metrics.get("train_loss")),
-            "val_loss": _finite(metrics.get("val_loss")),
-        }
-        for trial_id, step, metrics in points
-    ]
-    if rows:
-        session.execute(insert(ProgressPoint), rows)
+def _finite_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {name: _finite(metrics.get(name)) for name in ("train_loss", "val_loss")}
 
 
 def _finite(value: object) -> float | None:

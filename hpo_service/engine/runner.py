@@ -1,32 +1,23 @@
-"""One search's generations: ask a population, persist it, hand out its trials, and tell the optimizer.
+"""One search in the engine: moves candidates from its policy to the store and the executor, and results back.
 
-The optimizer is pickled together with the candidates it just asked, in the same transaction that writes
-those candidates as trial rows. The trial rows are the tell log. So a search is always restorable from the
-store alone: unpickle the last snapshot, and the candidates of its generation are exactly the rows whose
-losses still have to be told. A generation ends (all its trials final) in one transaction that also asks
+The policy's snapshot is written together with the candidates it just asked, in the same transaction that
+writes those candidates as trial rows; the trial rows are the tell log. So a search is always restorable from
+the store alone: load the last snapshot, and the candidates of its generation are exactly the rows whose
+outcomes still have to be told. A generation ends (all its trials final) in one transaction that also asks
 and persists the next one, so a restart never sees half a step.
 """
 
 from __future__ import annotations
 
-import pickle
 import statistics
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from hpo_service.engine.optimizers import build_optimizer, penalty
+from hpo_service.engine.policy import GenerationalPolicy, Outcome
 from hpo_service.spec import SearchSpec
-from hpo_service.store.models import (
-    FINAL_TRIAL_STATUSES,
-    Generation,
-    OptimizerState,
-    Search,
-    Trial,
-    utcnow,
-)
+from hpo_service.store import queries, writes
+from hpo_service.store.models import Search, Trial
 from trainer.config import TrainConfig
 from trainer.hparams import BLOCK_MODULE_TYPES, HP_NAMES, Multipliers
 
@@ -41,43 +32,31 @@ class Dispatch:
 
 
 class SearchRunner:
-    """Holds one running search's optimizer between generations; everything else it reads from the store."""
+    """Holds one running search's policy between generations; everything else it reads from the store."""
 
-    def __init__(self, search_id: int, spec: SearchSpec, optimizer: Any, candidates: list, generation: int) -> None:
-        self.search_id, self.spec = search_id, spec
-        self.optimizer, self.candidates, self.generation = optimizer, candidates, generation
+    def __init__(self, search_id: int, spec: SearchSpec, policy: GenerationalPolicy) -> None:
+        self.search_id, self.spec, self.policy = search_id, spec, policy
         self.train_config = spec.train_config()
         self.config = self.train_config.model_dump(mode="json")
-        self.finished = False  # set when the last generation has been told
         self.may_have_pending = True  # False once a dispatch found fewer pending trials than free slots
 
     @classmethod
     def load(cls, session: Session, search: Search) -> SearchRunner:
         """The runner of ``search``, from its last snapshot; a new search gets its first generation here."""
-        spec = search.spec
-        state = session.get(OptimizerState, search.id)
-        if state is None:
-            runner = cls(search.id, spec, build_optimizer(spec), [], -1)
-            runner._ask(session, 0)
-            return runner
-        optimizer, candidates = pickle.loads(state.state)
-        return cls(search.id, spec, optimizer, candidates, state.generation)
+        snapshot = queries.policy_snapshot(session, search.id)
+        if snapshot is not None:
+            return cls(search.id, search.spec, GenerationalPolicy.loads(snapshot))
+        runner = cls(search.id, search.spec, GenerationalPolicy.from_spec(search.spec))
+        runner._ask(session)
+        return runner
 
     @property
-    def trials_per_generation(self) -> int:
-        return self.spec.optimizer.population * self.spec.optimizer.replicates
+    def finished(self) -> bool:
+        return self.policy.finished
 
     def pending(self, session: Session, limit: int) -> list[Dispatch]:
         """Up to ``limit`` pending trials of the current generation, marked running (the caller submits them)."""
-        rows = session.scalars(
-            select(Trial)
-            .where(Trial.search_id == self.search_id, Trial.generation == self.generation, Trial.status == "pending")
-            .order_by(Trial.index, Trial.replicate)
-            .limit(limit)
-        ).all()
-        now = utcnow()
-        for row in rows:
-            row.status, row.attempts, row.started_at, row.error = "running", row.attempts + 1, now, None
+        rows = writes.claim_pending(session, self.search_id, self.policy.generation, limit)
         self.may_have_pending = len(rows) == limit
         return [Dispatch(row.id, self.search_id, self._payload(row)) for row in rows]
 
@@ -90,104 +69,55 @@ class SearchRunner:
 
     def advance(self, session: Session) -> bool:
         """If the current generation is complete: tell it, then ask the next or complete the search."""
-        counts = dict(
-            session.execute(
-                select(Trial.status, func.count())
-                .where(Trial.search_id == self.search_id, Trial.generation == self.generation)
-                .group_by(Trial.status)
-            ).all()
-        )
-        if sum(counts.get(s, 0) for s in FINAL_TRIAL_STATUSES) < self.trials_per_generation:
+        generation = self.policy.generation
+        if queries.ended_trials(session, self.search_id, generation) < self.policy.trials_per_generation:
             return False
-        rows = session.scalars(
-            select(Trial).where(Trial.search_id == self.search_id, Trial.generation == self.generation)
-        ).all()
-        finite = self._tell(session, rows)
-        session.execute(
-            update(Generation)
-            .where(Generation.search_id == self.search_id, Generation.number == self.generation)
-            .values(
-                status="completed",
-                finished_at=utcnow(),
-                best_loss=min(finite, default=None),
-                median_loss=statistics.median(finite) if finite else None,
-                diverged=counts.get("diverged", 0),
-                failed=counts.get("failed", 0),
-            )
+        rows = queries.generation_trials(session, self.search_id, generation)
+        outcomes: list[list[Outcome]] = [[] for _ in range(self.policy.population)]
+        for row in rows:
+            outcomes[row.index].append(Outcome(row.status, row.loss))
+        told = self.policy.tell(outcomes)
+        losses = queries.candidate_losses(session, self.search_id, generation)
+        summary = writes.GenerationSummary(
+            best_loss=min(losses, default=None),
+            median_loss=_median(losses),
+            diverged=told.diverged,
+            failed=told.failed,
         )
-        if self.generation + 1 < self.spec.optimizer.generations:
-            self._ask(session, self.generation + 1)
+        writes.end_generation(session, self.search_id, generation, summary)
+        if self.policy.finished:
+            writes.complete_search(session, self.search_id)
         else:
-            search = session.get(Search, self.search_id)
-            search.status, search.finished_at = "completed", utcnow()
-            self.finished = True
+            self._ask(session)
         return True
 
-    def _tell(self, session: Session, rows: list[Trial]) -> list[float]:
-        """Tell each candidate the mean loss of its replicates, or the penalty if any of them did not succeed;
-        return the losses of the candidates that succeeded."""
-        worst = session.scalar(
-            select(func.max(Trial.loss)).where(
-                Trial.search_id == self.search_id,
-                Trial.generation <= self.generation,
-                Trial.status == "succeeded",
-            )
-        )
-        by_candidate: dict[int, list[Trial]] = {}
-        for row in rows:
-            by_candidate.setdefault(row.index, []).append(row)
-        succeeded = []
-        for index, candidate in enumerate(self.candidates):
-            replicates = by_candidate[index]
-            if all(r.status == "succeeded" for r in replicates):
-                loss = statistics.fmean(r.loss for r in replicates)
-                succeeded.append(loss)
-            else:
-                loss = penalty(worst, self.spec.model.vocab_size)
-            self.optimizer.tell(candidate, loss)
-        return succeeded
-
-    def _ask(self, session: Session, generation: int) -> None:
-        """Ask a population, and persist it with the optimizer's snapshot in the caller's transaction."""
-        self.candidates = [self.optimizer.ask() for _ in range(self.spec.optimizer.population)]
-        self.generation = generation
+    def _ask(self, session: Session) -> None:
+        """Ask a population, and persist it with the policy's snapshot in the caller's transaction."""
+        vectors = self.policy.ask()
         self.may_have_pending = True
-        session.add(Generation(search_id=self.search_id, number=generation))
-        rows = []
-        for index, candidate in enumerate(self.candidates):
-            vector = [float(v) for v in candidate.value]
+        trials = []
+        for index, vector in enumerate(vectors):
             multipliers = self.spec.multipliers(vector)
             hps = materialised_at_base(self.train_config, multipliers, self.spec.search_space.per_depth)
-            for replicate in range(self.spec.optimizer.replicates):
-                rows.append(
+            for replicate in range(self.policy.replicates):
+                trials.append(
                     {
-                        "search_id": self.search_id,
-                        "generation": generation,
                         "index": index,
                         "replicate": replicate,
                         "seed": self.spec.training.seed + replicate,
-                        "status": "pending",
-                        "attempts": 0,
                         "vector": vector,
                         "multipliers": multipliers.to_dict(),
                         "hps": hps,
-                        "created_at": utcnow(),
                     }
                 )
-        session.execute(insert(Trial), rows)
-        try:
-            snapshot = pickle.dumps((self.optimizer, self.candidates), protocol=pickle.HIGHEST_PROTOCOL)
-        except (TypeError, pickle.PicklingError) as exc:  # e.g. NGOpt choosing a thread-based recast optimizer
-            chosen = type(getattr(self.optimizer, "optim", self.optimizer)).__name__
-            raise RuntimeError(
-                f"the state of optimizer {self.spec.optimizer.name!r} ({chosen}) cannot be saved, so the search "
-                f"could not resume after a restart; choose another optimizer ({exc})"
-            ) from exc
-        values = {"generation": generation, "state": snapshot, "updated_at": utcnow()}
-        if generation == 0:
-            session.add(OptimizerState(search_id=self.search_id, optimizer=self.spec.optimizer.name, **values))
-        else:  # an UPDATE, without reading back the old snapshot
-            session.execute(update(OptimizerState).where(OptimizerState.search_id == self.search_id).values(**values))
+        snapshot = self.policy.dumps()
+        writes.add_generation(
+            session, self.search_id, self.policy.generation, trials, self.spec.optimizer.name, snapshot
+        )
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def materialised_at_base(config: TrainConfig, multipliers: Multipliers, per_depth: bool) -> dict[str, dict]:

@@ -16,7 +16,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_DATABASE = "hpo.db"
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 class StoreError(Exception):
@@ -33,8 +32,8 @@ def database_url(value: str | None = None) -> str:
     return value
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+def open_database(url: str) -> Engine:
+    """SQLAlchemy's connection pool (its ``Engine``) for ``url``; SQLite gets WAL, a busy timeout and enforced foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -100,14 +99,20 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def migrations_folder() -> Path:
+    """The Alembic scripts: the repository's top-level ``migrations/``, which pyproject.toml installs as the package
+    ``hpo_service.migrations``; found through that package, so that an installed wheel migrates as a checkout does."""
+    from hpo_service import migrations
+
+    return Path(migrations.__file__).parent
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply the Alembic migrations in ``migrations/`` up to ``revision``."""
+    """Apply the Alembic migrations up to ``revision``."""
     from alembic import command
     from alembic.config import Config
 
-    if not (MIGRATIONS / "env.py").is_file():
-        raise StoreError(f"the migrations folder {MIGRATIONS} is missing; install the project from its source tree")
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(migrations_folder()))
     config.attributes["url"] = url
     command.upgrade(config, revision)

@@ -24,13 +24,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from hpo_service.statuses import GenerationStatus, SearchStatus, TrialStatus
+
 if TYPE_CHECKING:
     from hpo_service.spec import SearchSpec
-
-SEARCH_STATUSES = ("queued", "running", "paused", "completed", "cancelled", "failed")
-ACTIVE_SEARCH_STATUSES = ("queued", "running", "paused")
-TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "diverged", "cancelled")
-FINAL_TRIAL_STATUSES = ("succeeded", "failed", "diverged", "cancelled")
 
 
 def utcnow() -> datetime:
@@ -46,7 +43,7 @@ class Search(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=SearchStatus.QUEUED, index=True)
     spec_json: Mapped[dict] = mapped_column("spec", JSON)  # as submitted (defaults filled in); read ``spec``
     spec_hash: Mapped[str] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
@@ -69,7 +66,7 @@ class Generation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed
+    status: Mapped[str] = mapped_column(String(16), default=GenerationStatus.RUNNING)
     best_loss: Mapped[float | None] = mapped_column(Float)
     median_loss: Mapped[float | None] = mapped_column(Float)
     diverged: Mapped[int] = mapped_column(Integer, default=0)
@@ -94,7 +91,7 @@ class Trial(Base):
     index: Mapped[int] = mapped_column(Integer)
     replicate: Mapped[int] = mapped_column(Integer, default=0)
     seed: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=TrialStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     vector: Mapped[list] = mapped_column(JSON)  # the optimizer's coordinates, log2 units
     multipliers: Mapped[dict] = mapped_column(JSON)  # the same, as trainer.Multipliers.to_dict()

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from sqlalchemy import Row, Select, case, func, select
+from sqlalchemy import Row, Select, Subquery, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from hpo_service.store.models import FINAL_TRIAL_STATUSES, TRIAL_STATUSES, Generation, ProgressPoint, Search, Trial
+from hpo_service.statuses import ACTIVE_SEARCH, FINAL_TRIAL, TRIAL_OUTCOMES, GenerationStatus, TrialStatus
+from hpo_service.store.models import Generation, OptimizerState, ProgressPoint, Search, Trial
 
 TrialOrder = Literal["asked", "loss"]
-EVALUATED_STATUSES = ("succeeded", "diverged", "failed")  # trials whose outcome the optimizer was told
 
 
 def trial_counts(session: Session, search_ids: Sequence[int]) -> dict[int, dict[str, int]]:
     """Trials of each search by status, every status present (zeros included)."""
-    counts = {search_id: dict.fromkeys(TRIAL_STATUSES, 0) for search_id in search_ids}
+    counts = {search_id: dict.fromkeys(TrialStatus, 0) for search_id in search_ids}
     rows = session.execute(
         select(Trial.search_id, Trial.status, func.count())
         .where(Trial.search_id.in_(search_ids))
@@ -27,27 +27,93 @@ def trial_counts(session: Session, search_ids: Sequence[int]) -> dict[int, dict[
     return counts
 
 
-def best_losses(session: Session, search_ids: Sequence[int]) -> dict[int, float | None]:
-    """The lowest mean loss of a candidate whose replicates all succeeded (the export's best): a diverged or
-    failed trial never counts, nor do the other replicates of its candidate."""
-    succeeded = func.sum(case((Trial.status == "succeeded", 1), else_=0))
-    candidates = (
-        select(Trial.search_id, func.avg(Trial.loss).label("loss"))
-        .where(Trial.search_id.in_(search_ids))
-        .group_by(Trial.search_id, Trial.generation, Trial.index)
-        .having(func.count() == succeeded)
-        .subquery()
+# -- what the engine reads ---------------------------------------------------------------------------------------
+
+
+def searches_to_drive(session: Session, also: Sequence[int]) -> list[Row]:
+    """``id, status`` of the active searches and of ``also`` (the ones the engine drives, whatever they became)."""
+    query = select(Search.id, Search.status).where(or_(Search.status.in_(ACTIVE_SEARCH), Search.id.in_(list(also))))
+    return list(session.execute(query).all())
+
+
+def policy_snapshot(session: Session, search_id: int) -> bytes | None:
+    """The search's policy as serialised when its current generation was asked; None before the first."""
+    return session.scalar(select(OptimizerState.state).where(OptimizerState.search_id == search_id))
+
+
+def generation_trials(session: Session, search_id: int, generation: int) -> list[Trial]:
+    """The trials of one generation, in ask order (candidate, then replicate)."""
+    query = select(Trial).where(Trial.search_id == search_id, Trial.generation == generation)
+    return list(session.scalars(query.order_by(Trial.index, Trial.replicate)))
+
+
+def ended_trials(session: Session, search_id: int, generation: int) -> int:
+    """How many trials of one generation are final."""
+    return session.scalar(
+        select(func.count()).where(
+            Trial.search_id == search_id, Trial.generation == generation, Trial.status.in_(FINAL_TRIAL)
+        )
     )
-    rows = session.execute(
-        select(candidates.c.search_id, func.min(candidates.c.loss)).group_by(candidates.c.search_id)
-    ).all()
+
+
+def running_trial_ids(session: Session, search_id: int) -> list[int]:
+    return list(
+        session.scalars(select(Trial.id).where(Trial.search_id == search_id, Trial.status == TrialStatus.RUNNING))
+    )
+
+
+# -- the ranking ------------------------------------------------------------------------------------------------
+
+
+def _candidates(search_ids: Sequence[int], generation: int | None = None) -> Subquery:
+    """The ranking's one definition: each candidate whose replicates all succeeded, with their mean loss.
+
+    A diverged or failed trial never counts, nor do the other replicates of its candidate; a candidate with
+    replicates still to train is not ranked yet. Columns: ``search_id, generation, index, loss`` (the mean)
+    and ``trial_id`` (its first replicate's, for the shared vector and multipliers).
+    """
+    succeeded = func.sum(case((Trial.status == TrialStatus.SUCCEEDED, 1), else_=0))
+    query = select(
+        Trial.search_id,
+        Trial.generation,
+        Trial.index,
+        func.avg(Trial.loss).label("loss"),
+        func.min(Trial.id).label("trial_id"),
+    ).where(Trial.search_id.in_(search_ids))
+    if generation is not None:
+        query = query.where(Trial.generation == generation)
+    return query.group_by(Trial.search_id, Trial.generation, Trial.index).having(func.count() == succeeded).subquery()
+
+
+def best_losses(session: Session, search_ids: Sequence[int]) -> dict[int, float | None]:
+    """Each search's best candidate's mean loss (the export's best), None before any candidate succeeded."""
+    ranked = _candidates(search_ids)
+    rows = session.execute(select(ranked.c.search_id, func.min(ranked.c.loss)).group_by(ranked.c.search_id)).all()
     return dict.fromkeys(search_ids, None) | dict(rows)
+
+
+def best_candidates(session: Session, search_id: int, limit: int | None = None) -> list[Row]:
+    """The search's ranked candidates, best first: ``generation, index, loss`` (the mean) and ``trial_id``."""
+    ranked = _candidates([search_id])
+    return list(
+        session.execute(
+            select(ranked.c.generation, ranked.c.index, ranked.c.loss, ranked.c.trial_id)
+            .order_by(ranked.c.loss, ranked.c.generation, ranked.c.index)
+            .limit(limit)
+        ).all()
+    )
+
+
+def candidate_losses(session: Session, search_id: int, generation: int) -> list[float]:
+    """The mean losses of one generation's ranked candidates (for its best and median)."""
+    ranked = _candidates([search_id], generation)
+    return list(session.scalars(select(ranked.c.loss)))
 
 
 def generations_completed(session: Session, search_ids: Sequence[int]) -> dict[int, int]:
     rows = session.execute(
         select(Generation.search_id, func.count())
-        .where(Generation.search_id.in_(search_ids), Generation.status == "completed")
+        .where(Generation.search_id.in_(search_ids), Generation.status == GenerationStatus.COMPLETED)
         .group_by(Generation.search_id)
     ).all()
     return dict.fromkeys(search_ids, 0) | dict(rows)
@@ -89,7 +155,7 @@ def trials_page(
 
 def generations(session: Session, search_id: int) -> list[tuple[Generation, int, int]]:
     """Each generation with its number of trials and of trials that ended."""
-    ended = func.sum(case((Trial.status.in_(FINAL_TRIAL_STATUSES), 1), else_=0))
+    ended = func.sum(case((Trial.status.in_(FINAL_TRIAL), 1), else_=0))
     rows = session.execute(
         select(Generation, func.count(Trial.id), ended)
         .join(Trial, (Trial.search_id == Generation.search_id) & (Trial.generation == Generation.number))
@@ -106,12 +172,18 @@ def curve(session: Session, trial_id: int) -> list[ProgressPoint]:
     )
 
 
+def trial_outcomes(session: Session, search_id: int) -> list[Row]:
+    """``id, status, loss`` of every trial of the search, by id."""
+    query = select(Trial.id, Trial.status, Trial.loss).where(Trial.search_id == search_id).order_by(Trial.id)
+    return list(session.execute(query).all())
+
+
 def evaluations(session: Session, search_id: int) -> list[Row]:
     """The search's evaluated trials in the order they ended: ``id, generation, status, loss`` each."""
     return list(
         session.execute(
             select(Trial.id, Trial.generation, Trial.status, Trial.loss)
-            .where(Trial.search_id == search_id, Trial.status.in_(EVALUATED_STATUSES))
+            .where(Trial.search_id == search_id, Trial.status.in_(TRIAL_OUTCOMES))
             .order_by(Trial.finished_at, Trial.id)
         ).all()
     )
@@ -122,24 +194,8 @@ def ranked_trials(session: Session, search_id: int, limit: int | None = None) ->
     return list(
         session.execute(
             select(Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss)
-            .where(Trial.search_id == search_id, Trial.status == "succeeded")
+            .where(Trial.search_id == search_id, Trial.status == TrialStatus.SUCCEEDED)
             .order_by(Trial.loss, Trial.id)
-            .limit(limit)
-        ).all()
-    )
-
-
-def best_candidates(session: Session, search_id: int, replicates: int, limit: int) -> list[Row]:
-    """Candidates whose replicates all succeeded, lowest mean loss first (the export's ranking):
-    ``generation, index, loss`` (the mean) and ``trial_id`` (a replicate's, for the shared vector)."""
-    mean = func.avg(Trial.loss)
-    return list(
-        session.execute(
-            select(Trial.generation, Trial.index, mean.label("loss"), func.min(Trial.id).label("trial_id"))
-            .where(Trial.search_id == search_id, Trial.status == "succeeded")
-            .group_by(Trial.generation, Trial.index)
-            .having(func.count() == replicates)
-            .order_by(mean, Trial.generation, Trial.index)
             .limit(limit)
         ).all()
     )
@@ -155,7 +211,7 @@ def running_trials(session: Session, search_id: int, limit: int) -> list[Row]:
     return list(
         session.execute(
             select(Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss)
-            .where(Trial.search_id == search_id, Trial.status == "running")
+            .where(Trial.search_id == search_id, Trial.status == TrialStatus.RUNNING)
             .order_by(Trial.id)
             .limit(limit)
         ).all()

@@ -93,11 +93,6 @@ export function formatLoss(value) {
   return value == null ? "–" : value.toFixed(4);
 }
 
-/** Trials that ended: what counts towards the budget. */
-export function ended(counts) {
-  return counts.succeeded + counts.diverged + counts.failed + counts.cancelled;
-}
-
 /** A DOM element with attributes and children (strings become text, never HTML). */
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -106,6 +101,14 @@ export function el(tag, attributes = {}, ...children) {
   }
   node.append(...children.filter((child) => child != null));
   return node;
+}
+
+/** The statuses the server names (`/api/meta`: "search_statuses" or "trial_statuses") as options of `select`,
+ * after its first ("all"); once: a later call finds them there and asks nothing. */
+export async function addStatusOptions(select, kind) {
+  if (select.options.length > 1) return;
+  const meta = await getJSON("/api/meta");
+  select.append(...meta[kind].map((status) => el("option", {}, status)));
 }
 
 export function statusBadge(status) {

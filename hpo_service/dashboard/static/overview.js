@@ -1,11 +1,11 @@
 // The searches overview: every search's status, progress, best loss and trial counts, refreshed while open.
-import { age, bindTokenField, el, ended, formatLoss, getJSON, poll, statusBadge } from "./common.js";
+import { addStatusOptions, age, bindTokenField, el, formatLoss, getJSON, poll, statusBadge } from "./common.js";
 
 const LIMIT = 100;
 const filter = document.getElementById("status-filter");
 
 function progress(search) {
-  const done = ended(search.trials);
+  const done = search.ended;
   const share = search.budget ? Math.min(1, done / search.budget) : 0;
   const bar = el("div", { class: "progress" }, el("div", { style: `width: ${(100 * share).toFixed(1)}%` }));
   return el("td", {}, bar, ` ${done} / ${search.budget}`);
@@ -31,6 +31,7 @@ function row(search) {
 }
 
 async function refresh() {
+  await addStatusOptions(filter, "search_statuses");
   const query = new URLSearchParams({ limit: LIMIT });
   if (filter.value) query.set("status", filter.value);
   const page = await getJSON(`/api/searches?${query}`);

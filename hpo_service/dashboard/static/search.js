@@ -1,10 +1,10 @@
 // One search, live: its summary is polled every 1.5 s; the charts of finished trials and the trial table are
 // re-read when the trial counts change, and the learning curves on every poll while trials are running.
 import {
+  addStatusOptions,
   age,
   bindTokenField,
   el,
-  ended,
   formatLoss,
   getBlob,
   getJSON,
@@ -27,7 +27,7 @@ const searchId = document.body.dataset.searchId;
 const api = `/api/searches/${searchId}`;
 const PAGE_SIZE = 25;
 const CONFIG = { displaylogo: false, responsive: true };
-const COMMANDS = { pause: ["queued", "running"], resume: ["paused"], cancel: ["queued", "running", "paused"] };
+const COMMAND_BUTTONS = document.querySelectorAll("button[data-command]");
 let plotly = null; // 4.7 MB to compile: run at the first chart, once the summary is on the page (it is preloaded)
 let lastCounts = null;
 let tablePage = 0;
@@ -42,23 +42,20 @@ function text(id, value) {
 }
 
 function renderSummary(search) {
-  const counts = search.trials;
-  const done = ended(counts);
+  const done = search.ended;
   document.getElementById("status").replaceWith(Object.assign(statusBadge(search.status), { id: "status" }));
   document.getElementById("progress-bar").style.width = `${(100 * Math.min(1, done / search.budget)).toFixed(1)}%`;
   text("progress-text", `${done} / ${search.budget} trials ended`);
   text("best-loss", formatLoss(search.best_loss));
-  const parts = ["running", "pending", "succeeded", "diverged", "failed", "cancelled"].filter((s) => counts[s]);
-  text("counts", parts.map((s) => `${counts[s]} ${s}`).join(" · ") || "none yet");
+  const counts = Object.entries(search.trials).filter(([, count]) => count);
+  text("counts", counts.map(([status, count]) => `${count} ${status}`).join(" · ") || "none yet");
   text("generations", `${search.generations_completed} of ${search.generations} completed`);
   text("optimizer", search.optimizer);
   text("age", `${age(search.created_at)}${search.finished_at ? `, ended ${age(search.finished_at)} ago` : ""}`);
   const error = document.getElementById("error");
   error.hidden = !search.error;
   error.textContent = search.error || "";
-  for (const [command, allowed] of Object.entries(COMMANDS)) {
-    document.getElementById(command).disabled = !allowed.includes(search.status);
-  }
+  for (const button of COMMAND_BUTTONS) button.disabled = !search.commands.includes(button.dataset.command);
 }
 
 async function refreshOutcomes() {
@@ -119,7 +116,9 @@ function trialRow(t) {
 
 async function refreshTable() {
   const query = new URLSearchParams({ limit: PAGE_SIZE, offset: tablePage * PAGE_SIZE });
-  const status = document.getElementById("trial-status").value;
+  const filter = document.getElementById("trial-status");
+  await addStatusOptions(filter, "trial_statuses");
+  const status = filter.value;
   if (status) query.set("status", status);
   query.set("sort", document.getElementById("trial-sort").value);
   const page = await getJSON(`${api}/trials?${query}`);
@@ -195,7 +194,7 @@ function onTableChange(id, event, update) {
 }
 
 bindTokenField();
-for (const name of Object.keys(COMMANDS)) document.getElementById(name).addEventListener("click", () => command(name));
+for (const button of COMMAND_BUTTONS) button.addEventListener("click", () => command(button.dataset.command));
 document.getElementById("export").addEventListener("submit", download);
 onTableChange("prev", "click", () => (tablePage -= 1));
 onTableChange("next", "click", () => (tablePage += 1));

@@ -1,0 +1,1 @@
+"""The Alembic migrations; installed inside the package as ``hpo_service.migrations``."""
