@@ -33,7 +33,8 @@ def database_url(value: str | None = None) -> str:
 
 
 def open_database(url: str) -> Engine:
-    """SQLAlchemy's connection pool (its ``Engine``) for ``url``; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    """SQLAlchemy's connection pool (its ``Engine``) for ``url``; SQLite gets WAL, a busy timeout and enforced
+    foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
