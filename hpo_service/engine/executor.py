@@ -268,6 +268,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **options)
     else:
-        # Node on loopback. Ray reads this when imported: the processes it starts see it, this one read it before.
+        # A node on loopback, not the machine's routable address. Ray reads this setting when it is imported:
+        # the processes it starts inherit the variable, and this process, which imported Ray long ago, is told
+        # through the constant that Ray's address lookup reads at each call.
+        from ray._private import ray_constants
+
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
         ray.init(address="local", num_cpus=num_cpus, **options)
