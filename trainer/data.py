@@ -97,11 +97,6 @@ class DataSource:
         return f"{self.kind}:{self.path}" + (f":{self.dtype}" if self.dtype else "")
 
 
-def source_path(source: str) -> Path | None:
-    """The file or folder a data source reads; None for the built-in corpus. Unknown sources raise."""
-    return DataSource.parse(source).path
-
-
 @lru_cache(maxsize=1)
 def _python_stdlib() -> Corpus:
     root = Path(sysconfig.get_paths()["stdlib"])

@@ -176,16 +176,7 @@ MODULE_TYPES = (
     "final_norm",
     "unembedding",
 )
-# The module types inside a residual block: one parameter group per block. The others occur once per model.
-BLOCK_MODULE_TYPES = (
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_out",
-    "mlp_up",
-    "mlp_down",
-    "norm_attn",
-    "norm_mlp",
-    "q_norm",
-    "k_norm",
-)
+# The module types that occur once per model; all the others sit inside every residual block (one parameter
+# group per block).
+MODEL_MODULE_TYPES = ("embedding", "final_norm", "unembedding")
+BLOCK_MODULE_TYPES = tuple(m for m in MODULE_TYPES if m not in MODEL_MODULE_TYPES)

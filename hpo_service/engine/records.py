@@ -40,7 +40,7 @@ def record_all(session: Session, events: list[Event]) -> None:
         writes.record_results(session, results, points, [e.trial_id for e in finished if e.streamed])
 
 
-def _result(event: Finished) -> tuple[writes.TrialResult, list[tuple[int, int, dict[str, float | None]]]]:
+def _result(event: Finished) -> tuple[writes.FinishedTrial, list[tuple[int, int, dict[str, float | None]]]]:
     """The trial's final row and full curve from what the worker returned; a result that is not one of the
     known outcomes fails the trial, and one that succeeded without a finite loss diverged."""
     result = event.result
@@ -50,7 +50,7 @@ def _result(event: Finished) -> tuple[writes.TrialResult, list[tuple[int, int, d
     loss = _finite(result.get("final_val_loss")) if status == TrialStatus.SUCCEEDED else None
     if status == TrialStatus.SUCCEEDED and loss is None:
         status, result = TrialStatus.DIVERGED, {**result, "reason": "no finite validation loss"}
-    row = writes.TrialResult(
+    row = writes.FinishedTrial(
         trial_id=event.trial_id,
         status=TrialStatus(status),
         loss=loss,

@@ -122,7 +122,8 @@ class ProgressPoint(Base):
 
 
 class OptimizerState(Base):
-    """The optimizer and the candidates it asked for ``generation``, pickled right after the ask."""
+    """The search policy (its optimizer and the candidates it asked for ``generation``), serialised right after
+    the ask."""
 
     __tablename__ = "optimizer_states"
 

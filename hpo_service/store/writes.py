@@ -26,7 +26,7 @@ class SearchNotFound(CommandError):
 
 
 @dataclass(frozen=True)
-class TrialResult:
+class FinishedTrial:
     """What a finished trial writes: its final status, losses, budget and timings."""
 
     trial_id: int
@@ -214,7 +214,7 @@ _FINISH = (
 
 def record_results(
     session: Session,
-    results: Sequence[TrialResult],
+    results: Sequence[FinishedTrial],
     curves: Sequence[tuple[int, int, dict[str, float | None]]],
     streamed: Sequence[int],
 ) -> None:
