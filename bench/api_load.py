@@ -58,9 +58,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_controller(db: str, port: int, log: Path) -> subprocess.Popen:
+def start_controller(db: str, port: int, log: Path, options: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``hpo serve`` (with ``options``, e.g. ``--no-engine``) in a session of its own, once it answers."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "hpo_service.cli", "serve", "--port", str(port), "--db", db],
+        [sys.executable, "-m", "hpo_service.cli", "serve", "--port", str(port), "--db", db, *options],
         cwd=ROOT,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,

@@ -804,6 +804,67 @@ def search_load_trials_per_s() -> str:
     return num(results("search_load.json")["big_search"]["trials_per_s"], 0)
 
 
+# -- RELIABILITY.md: one engine, API replicas ----------------------------------------------------------------
+
+STORES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+REPLICA_SETUPS = {  # read_replicas.py's setups, as the table names them
+    "one server": "one server (it runs the engine)",
+    "two replicas": "two `--no-engine` replicas beside it, round-robin",
+}
+NOT_SERVERS = ("ray", "load generator")  # read_replicas.py's CPU parts that serve no reads
+
+
+@part("read_replicas", "read_replicas.json")
+def read_replicas_table() -> str:
+    rows = []
+    for backend, summary in results("read_replicas.json")["backends"].items():
+        ratio = summary["ratio_two_replicas_over_one_server"]
+        for setup, label in REPLICA_SETUPS.items():
+            stats, cores = summary[setup], summary[setup]["cpu_cores"]
+            servers = sum(used for name, used in cores.items() if name not in NOT_SERVERS)
+            against = "1×"
+            if setup == "two replicas":
+                against = f"**{num(ratio['requests_per_s'])}×** the requests/s, {num(ratio['p95_ms'])}× the p95"
+            rows.append(
+                [
+                    STORES[backend],
+                    label,
+                    num(stats["requests_per_s"], 0),
+                    str(stats["errors"]),
+                    latencies(stats),
+                    f"{num(servers)} / {num(cores['ray'])} / {num(cores['load generator'])}",
+                    against,
+                ]
+            )
+    header = ["Store", "Reads served by", "Requests/s", "Errors", "p50 / p95 / p99 (ms)"]
+    return table([*header, "CPU cores: servers / Ray / load generator", "Against one server"], rows)
+
+
+@part("read_replicas.cores", "read_replicas.json")
+def read_replicas_cores() -> str:
+    """The CPU the servers used in each setup: one server is held to about a core by its GIL."""
+    alone, together = [], []
+    for backend, summary in results("read_replicas.json")["backends"].items():
+        one, two = summary["one server"]["cpu_cores"], summary["two replicas"]["cpu_cores"]
+        alone.append(f"{num(one['engine'])} ({STORES[backend]})")
+        together.append(num(sum(used for name, used in two.items() if name not in (*NOT_SERVERS, "engine"))))
+    return (
+        f"serving alone, the engine's server used {' and '.join(alone)} cores; the two replicas used "
+        f"{' and '.join(together)} together"
+    )
+
+
+@part("read_replicas.setup", "read_replicas.json")
+def read_replicas_setup() -> str:
+    data = results("read_replicas.json")
+    settings, load = data["settings"], data["load_average_1min"]
+    return (
+        f"{settings['clients']} clients that never pause, {settings['rounds']} alternating measurements of "
+        f"{num(settings['seconds'], 0)} s per setup; the machine's load average was {num(load['before'], 1)} "
+        f"before and {num(load['after'], 1)} after"
+    )
+
+
 # -- rendering and checking ----------------------------------------------------------------------------------
 
 

@@ -23,7 +23,24 @@ COMMAND_HELP = {  # one for each of statuses.SEARCH_COMMANDS
     "resume": "carry on",
     "cancel": "stop the search and its running trials",
 }
+SEARCH_ID_HELP = "the search's id (as `hpo submit` printed it and `hpo list` shows it)"
+PROXY_DEFAULT = "(default: the proxy's, i.e. the search's base shape)"
 
+
+DESCRIPTION = """\
+Per-module hyperparameter search on a small proxy model, transferred to the model you will train
+(Complete(d)P): an evolutionary optimizer proposes log2 multipliers of each module's HPs, trials train the
+proxy on Ray, and the best candidate is exported for the target width, depth, batch size and tokens.
+
+`hpo serve` runs the controller (the API, the dashboard and the engine); `hpo run` starts one and watches a
+search on it; the other commands talk to a running controller (--server, $HPO_SERVER), except `hpo train`,
+which trains one model here."""
+EXAMPLE = """\
+example:
+  hpo serve &                                 # the controller, dashboard at http://127.0.0.1:8000
+  hpo submit examples/tiny.yaml               # prints the new search's id, e.g. 1
+  hpo watch 1                                 # follow it until it ends
+  hpo export 1 --width 1024 -o hps.json       # its best HPs, for a 16x wider model than the proxy"""
 
 CLIError = client.ClientError  # one kind of error for the user, one line and exit status 2, for every command
 
@@ -39,8 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `hpo` command line; each subcommand sets ``handler``."""
-    parser = argparse.ArgumentParser(prog="hpo", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="hpo", description=DESCRIPTION, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of these (`hpo COMMAND --help` says more)"
+    )
     _add_service_commands(commands)
     train = commands.add_parser("train", help="train one model from a YAML config (or search spec)")
     train.add_argument("config", type=Path, help="YAML with model, training, parameterisation and base_hps")
@@ -55,14 +76,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--multipliers", type=Path, help="YAML/JSON of per-module log2 multipliers")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(handler=_train)
+    _describe_subcommands(parser)
     return parser
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's own --help opens with the line that lists it in its parent's (unless it has more to say)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for listed in action._choices_actions:
+                command = action.choices[listed.dest]
+                command.description = command.description or listed.help
+                _describe_subcommands(command)
 
 
 def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the controller: the API, the dashboard and the engine")
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.add_argument("--db", help="database URL or SQLite file (default: $HPO_DATABASE_URL, else hpo.db)")
+    serve.add_argument(
+        "--no-engine",
+        dest="run_engine",
+        action="store_false",
+        help="serve the API and the dashboard only, never the engine: a read replica beside the server that runs "
+        "it (without this option, servers sharing a database run one engine between them, the others standing by)",
+    )
+    serve.add_argument(
+        "--limit",
+        dest="limits",
+        action="append",
+        metavar="NAME=VALUE",
+        help="raise (or lower) a limit on the sizes specs may ask for, e.g. 'width=65536' or 'params=2e10'; names: "
+        "width, depth, head_dim, seq_len, vocab_size, batch_size, steps, params, activations (repeatable; default: "
+        "$HPO_LIMITS, comma-separated, over limits sized for one trial on one large machine)",
+    )
     serve.add_argument(
         "--data-root",
         dest="data_roots",
@@ -86,59 +134,75 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
         help="a browser origin allowed to call the API, e.g. 'https://lab.example' (repeatable; default: "
         "$HPO_CORS_ORIGINS, else none: other origins' pages can neither read the API nor write to it)",
     )
+    serve.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        metavar="HOST",
+        help="a host name the server answers as besides loopback and --host, e.g. 'hpo.lab.example', "
+        "'*.lab.example' or '*' for any (repeatable; default: $HPO_ALLOWED_HOSTS, comma-separated): a request "
+        "naming another host in its Host header is refused, which stops DNS rebinding",
+    )
     serve.set_defaults(handler=_serve)
 
     def server_option(command: argparse.ArgumentParser) -> None:
         command.add_argument("--server", help=f"controller URL (default: $HPO_SERVER or {client.DEFAULT_SERVER})")
 
     submit = commands.add_parser("submit", help="submit a search spec (YAML or JSON); prints the search id last")
-    submit.add_argument("spec", type=Path)
+    submit.add_argument("spec", type=Path, help="the search spec, a YAML or JSON file (e.g. examples/tiny.yaml)")
     server_option(submit)
     submit.set_defaults(handler=client.submit)
 
     listing = commands.add_parser("list", help="the searches, newest first")
-    listing.add_argument("--status", choices=list(SearchStatus))
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--status", choices=list(SearchStatus), help="only the searches in this status")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many searches (default: %(default)s)")
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
     server_option(listing)
     listing.set_defaults(handler=client.list_searches)
 
     status = commands.add_parser("status", help="a search's status, trial counts and best loss")
-    status.add_argument("search_id", type=int)
+    status.add_argument("search_id", type=int, help=SEARCH_ID_HELP)
     status.add_argument("--json", action="store_true", help="print the API's JSON")
     server_option(status)
     status.set_defaults(handler=client.status)
 
     watch = commands.add_parser("watch", help="follow a search live until it ends")
-    watch.add_argument("search_id", type=int)
+    watch.add_argument("search_id", type=int, help=SEARCH_ID_HELP)
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
     server_option(watch)
     watch.set_defaults(handler=client.watch)
 
     for name in SEARCH_COMMANDS:
         control = commands.add_parser(name, help=COMMAND_HELP[name])
-        control.add_argument("search_id", type=int)
+        control.add_argument("search_id", type=int, help=SEARCH_ID_HELP)
         server_option(control)
         control.set_defaults(handler=client.command)
 
+    delete = commands.add_parser(
+        "delete", help="delete a search that has ended, with its trials and curves (cancel it first if active)"
+    )
+    delete.add_argument("search_id", type=int, help=SEARCH_ID_HELP)
+    server_option(delete)
+    delete.set_defaults(handler=client.delete)
+
     export = commands.add_parser("export", help="the best per-module HPs, materialised for a target shape (JSON)")
-    export.add_argument("search_id", type=int)
+    export.add_argument("search_id", type=int, help=SEARCH_ID_HELP)
     export.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
-    export.add_argument("--width", type=int, help="target width (default: the proxy's)")
-    export.add_argument("--depth", type=int, help="target depth")
-    export.add_argument("--batch-size", type=int, help="target batch size in sequences")
-    export.add_argument("--tokens", type=int, help="target training tokens")
+    export.add_argument("--width", type=int, help=f"target width {PROXY_DEFAULT}")
+    export.add_argument("--depth", type=int, help=f"target depth in blocks {PROXY_DEFAULT}")
+    export.add_argument("--batch-size", type=int, help=f"target batch size in sequences {PROXY_DEFAULT}")
+    export.add_argument("--tokens", type=int, help=f"target training tokens {PROXY_DEFAULT}")
     server_option(export)
     export.set_defaults(handler=client.export)
 
     run = commands.add_parser("run", help="start a local controller, submit SPEC and watch it; Ctrl-C stops")
-    run.add_argument("spec", type=Path)
-    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("spec", type=Path, help="the search spec, a YAML or JSON file (e.g. examples/tiny.yaml)")
+    run.add_argument("--port", type=int, default=8000, help="port of the local controller (default: %(default)s)")
     run.add_argument("--db", help="database URL or SQLite file (default: $HPO_DATABASE_URL, else hpo.db)")
     run.set_defaults(handler=_run)
 
     db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND", help="one of these")
     db_upgrade = db_commands.add_parser("upgrade", help="apply the schema migrations")
     db_upgrade.add_argument("--db", help="database URL or SQLite file (default: $HPO_DATABASE_URL, else hpo.db)")
     db_upgrade.set_defaults(handler=_db_upgrade)
@@ -148,9 +212,17 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hpo_service.api.app import create_app
+    from hpo_service.api.hosts import HostPatternError
+    from hpo_service.api.spec_limits import LimitError
 
     options = {"data_roots": args.data_roots, "allowed_trials": args.allowed_trials, "cors_origins": args.cors_origins}
-    app = _open_store(lambda url: create_app(url, **options), args.db)
+    options |= {"allowed_hosts": args.allowed_hosts, "bind_host": args.host, "limits": args.limits}
+    try:
+        app = _open_store(lambda url: create_app(url, run_engine=args.run_engine, **options), args.db)
+    except HostPatternError as exc:
+        raise CLIError(f"{exc} (from --allowed-host or HPO_ALLOWED_HOSTS)") from None
+    except LimitError as exc:
+        raise CLIError(f"{exc} (from --limit or HPO_LIMITS)") from None
     logging.getLogger("uvicorn.access").addFilter(_without_query_string)  # uvicorn's log config keeps it
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

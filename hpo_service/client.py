@@ -39,7 +39,7 @@ def request(method: str, server: str | None, path: str, **kwargs: object) -> dic
         raise ClientError(f"cannot reach the controller at {server_url(server)}: {exc}") from None
     if response.status_code >= 400:
         raise ClientError(f"{method} {path}: HTTP {response.status_code}: {_problem(response)}")
-    return response.json()
+    return response.json() if response.content else {}
 
 
 def _problem(response: httpx.Response) -> str:
@@ -107,6 +107,12 @@ def status(args: argparse.Namespace) -> int:
 def command(args: argparse.Namespace) -> int:
     result = request("POST", args.server, f"/api/searches/{args.search_id}/{args.command}")
     print(f"search {result['id']}: {result['status']}")
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    request("DELETE", args.server, f"/api/searches/{args.search_id}")
+    print(f"search {args.search_id}: deleted")
     return 0
 
 

@@ -10,13 +10,13 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hpo_service.engine.entrypoints import ENTRYPOINT
-from trainer.config import Section, TrainConfig
+from trainer.config import MAX_SEED, BoundedShape, Section, TrainConfig
 from trainer.hparams import HP_NAMES, INIT_STD_MODULE_TYPES, RESIDUAL_BRANCHES, Multipliers
 from trainer.model import BLOCK_MODULE_TYPES, MODULE_TYPES
-from trainer.parameterisation import Shape
 
 OptimizerName = Literal["cma", "diagonal_cma", "de", "oneplusone", "ngopt", "random", "trust_region"]
 MIN_POPULATION = {"cma": 2, "diagonal_cma": 2, "de": 4}  # recombination needs parents (DE: three others)
@@ -164,11 +164,20 @@ class ExecutionSection(Section):
 class SearchSpec(TrainConfig):
     """A training configuration (the proxy's) plus what to search, with which optimizer, on what resources."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, description="Surrounding whitespace is stripped.")
     search_space: SearchSpace = SearchSpace()
     optimizer: OptimizerSection = OptimizerSection()
     execution: ExecutionSection = ExecutionSection()
-    export_targets: list[Shape] = Field(default_factory=list, max_length=64)
+    export_targets: list[BoundedShape] = Field(default_factory=list, max_length=64)
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str) -> str:
+        if "\x00" in name:
+            raise ValueError("must not contain a NUL character")
+        if not name.strip():
+            raise ValueError("must not be blank")
+        return name.strip()
 
     @model_validator(mode="after")
     def _sane_budget(self) -> SearchSpec:
@@ -178,6 +187,15 @@ class SearchSpec(TrainConfig):
                 f"optimizer: population × generations × replicates is "
                 f"{o.population * o.generations * o.replicates:,}, above the limit of {MAX_TRIALS:,} trials"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _trial_seeds_fit(self) -> SearchSpec:
+        """Replicate r of a candidate trains with seed ``training.seed + r``: the last must be a valid seed too."""
+        last = self.training.seed + self.optimizer.replicates - 1
+        if last > MAX_SEED:
+            message = f"with {self.optimizer.replicates} replicates the trials' seeds reach {last}, above {MAX_SEED}"
+            raise field_error(("training", "seed"), message, self.training.seed)
         return self
 
     def train_config(self) -> TrainConfig:
@@ -195,6 +213,12 @@ class SearchSpec(TrainConfig):
         """SHA-256 of the canonical JSON of the spec (defaults filled in): the provenance of a result."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def field_error(loc: tuple[str | int, ...], message: str, value: object) -> ValidationError:
+    """A validation error at ``loc`` (relative to the model being validated), for a check across fields."""
+    error = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
+    return ValidationError.from_exception_data("SearchSpec", [error])
 
 
 # What a search spec adds to a training configuration (`hpo train` reads a spec past them).

@@ -33,6 +33,13 @@ def _admin():
         pytest.skip(f"no PostgreSQL at {POSTGRES}")
 
 
+@pytest.fixture(autouse=True)
+def test_clients_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starlette's TestClient (and schemathesis through it) names the host ``testserver``: the apps the tests
+    build answer as that host too, besides loopback (tests of the host check itself unset this)."""
+    monkeypatch.setenv("HPO_ALLOWED_HOSTS", "testserver")
+
+
 @pytest.fixture
 def fresh_database(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     """The URL of an empty database on the backend named by ``request.param``."""
@@ -73,10 +80,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def local_ray() -> Iterator[None]:
     """One local Ray for the tests that run trials in this process (two CPUs, loopback only)."""
-    import ray
-
-    from hpo_service.engine.executor import ensure_ray
+    from hpo_service.engine.executor import ensure_ray, release_ray
 
     ensure_ray(num_cpus=2)
     yield
-    ray.shutdown()
+    release_ray()

@@ -6,12 +6,14 @@ It runs in a session of its own, so that stopping it also stops the Ray processe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,16 +28,20 @@ def free_port() -> int:
 
 
 class Controller:
-    def __init__(self, db_url: str, log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.db_url, self.log_path, self.env = db_url, log_path, env or {}
+    def __init__(
+        self, db_url: str, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        """``args``: more options for ``hpo serve`` (e.g. ``--no-engine``)."""
+        self.db_url, self.log_path, self.env, self.args = db_url, log_path, env or {}, args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> Controller:
         log = self.log_path.open("a")
+        command = [sys.executable, "-m", "hpo_service.cli", "serve", "--port", str(self.port), "--db", self.db_url]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hpo_service.cli", "serve", "--port", str(self.port), "--db", self.db_url],
+            [*command, *self.args],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -128,4 +134,97 @@ def _session_members(session: int) -> list[int]:
                     members.append(int(entry.name))
             except (ProcessLookupError, PermissionError):
                 continue
+    return members
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descended from it, found through each process's parent in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rpartition(")")[2].split()[1])  # the name in parentheses may hold spaces
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+@dataclass(frozen=True)
+class ListeningSocket:
+    pid: int
+    command: str
+    protocol: str  # tcp, tcp6, udp, udp6
+    address: str
+    port: int
+
+
+def listening_sockets(pids: list[int]) -> list[ListeningSocket]:
+    """The TCP sockets listening and the UDP sockets bound (not connected) held by these processes.
+
+    Read from /proc: the sockets a process holds are its fds' socket inodes, and /proc/PID/net/{tcp,udp}[6]
+    say where each inode is bound.
+    """
+    found = []
+    for pid in pids:
+        try:
+            inodes = _socket_inodes(pid)
+            command = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue  # the process has ended
+        for protocol in ("tcp", "tcp6", "udp", "udp6"):
+            try:
+                table = (Path("/proc") / str(pid) / "net" / protocol).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in table:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+                listening = state == "0A" if protocol.startswith("tcp") else int(remote.split(":")[1], 16) == 0
+                if inode in inodes and listening:
+                    address, port = _decode_address(local)
+                    found.append(ListeningSocket(pid, command[:120], protocol, address, port))
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _decode_address(hex_address: str) -> tuple[str, int]:
+    """/proc/net's ``0100007F:1F90`` (the address in host byte order, 32-bit words) as ("127.0.0.1", 8080)."""
+    host, port = hex_address.split(":")
+    raw = b"".join(int(host[i : i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(host), 8))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:  # an IPv4 address on an IPv6 socket
+        address = address.ipv4_mapped
+    return str(address), int(port, 16)
+
+
+def live_session_members(session: int) -> list[tuple[int, str]]:
+    """The processes of a session still running (not zombies, which have ended but await their parent), with
+    their names."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, _, rest = stat.partition(" (")[2].rpartition(")")
+            state, _ppid, _pgrp, sid = rest.split()[:4]
+            if int(sid) == session and state not in "ZX":
+                members.append((int(entry.name), name))
     return members

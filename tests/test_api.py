@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from hpo_service.api.app import create_app
 from hpo_service.api.settings import settings_of
 from hpo_service.statuses import SearchStatus, TrialStatus
-from hpo_service.store.models import Search, Trial
+from hpo_service.store import queries, writes
+from hpo_service.store.database import transaction
+from hpo_service.store.models import Generation, OptimizerState, ProgressPoint, Search, Trial
 
 TINY = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "tiny.yaml").read_text())
 
@@ -206,7 +210,7 @@ def test_specs_may_read_files_under_the_data_roots_and_are_stored_absolute(roote
 
 def test_a_token_files_type_is_kept_when_its_path_is_stored_absolute(rooted):
     client, root = rooted
-    (root / "ids.bin").write_bytes(bytes(4096))
+    (root / "ids.bin").write_bytes(bytes(40960))  # each split longer than a sequence
     response = client.post("/api/searches", json=with_data(f"tokens:{root}/./ids.bin:uint32"))
     assert response.status_code == 201, response.text
     with settings_of(client.app).sessions() as session:
@@ -258,3 +262,146 @@ def test_an_allowed_trial_function_is_accepted_and_stored(db_url):
         assert response.status_code == 201
         with settings_of(client.app).sessions() as session:
             assert session.get(Search, response.json()["id"]).spec.execution.trial == "tests.trial_fns:synthetic"
+
+
+def test_an_import_error_names_no_file_of_the_server_and_a_broken_module_is_a_422(db_url, tmp_path, monkeypatch):
+    """Importing runs the module: an ImportError names the file it looked in, and a module may fail to compile."""
+    (tmp_path / "lab_missing_name.py").write_text("from json import no_such_name\n")
+    (tmp_path / "lab_bad_syntax.py").write_text("def f(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with TestClient(create_app(db_url, run_engine=False, allowed_trials=["lab_*"])) as client:
+        for name, reason in [("lab_missing_name:f", "cannot import name 'no_such_name' from 'json'"),
+                             ("lab_bad_syntax:f", "SyntaxError")]:  # fmt: skip
+            response = client.post("/api/searches", json=with_trial(name))
+            assert response.status_code == 422, response.text
+            (error,) = response.json()["detail"]
+            assert error["loc"][-2:] == ["execution", "trial"] and reason in error["msg"]
+            assert str(tmp_path) not in response.text and json.__file__ not in response.text
+        assert count_searches(client) == 0
+
+
+def test_a_missing_token_and_a_wrong_one_are_told_apart_and_never_echoed(guarded):
+    missing = guarded.post("/api/searches", json=TINY)
+    assert missing.status_code == 401 and missing.json()["detail"].startswith("this server needs a token")
+    wrong = guarded.post("/api/searches", json=TINY, headers={"Authorization": "Bearer not-the-s3cret"})
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "the token does not match the server's HPO_API_TOKEN"
+    assert "not-the-s3cret" not in wrong.text and "s3cret-token" not in wrong.text + missing.text
+    basic = guarded.post("/api/searches", json=TINY, headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert basic.json()["detail"] == missing.json()["detail"]  # no bearer token at all: missing
+    assert count_searches(guarded) == 0
+
+
+# -- the documentation page works offline ------------------------------------------------------------------------
+
+
+@pytest.mark.backends("sqlite")
+def test_the_documentation_page_loads_everything_from_this_server(client):
+    response = client.get("/docs")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    assert not re.findall(r"(?:https?:)?//[\w.-]+", response.text)  # no other host: no CDN, no fonts
+    assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+    assert any(asset.endswith(".js") for asset in assets)
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 1000, asset
+    assert client.get("/openapi.json").json()["info"]["title"] == "completedp-hpo"
+    assert client.get("/redoc").status_code == 404  # ReDoc would load its logo from a CDN
+
+
+# -- deleting a search ----------------------------------------------------------------------------------------------
+
+
+def a_search_with_rows(sessions, status: SearchStatus, trial_status: TrialStatus = TrialStatus.SUCCEEDED) -> int:
+    """A search in ``status`` with one generation of two trials in ``trial_status``, their curves and the
+    optimizer's state: a row in every table that hangs off a search."""
+    with transaction(sessions) as session:
+        search = writes.create_search(session, "with-rows", TINY, "hash")
+        trial = {"seed": 1, "vector": [0.0], "multipliers": {}, "hps": {}}
+        rows = [{"index": index, "replicate": 0, **trial} for index in range(2)]
+        writes.add_generation(session, search.id, 0, rows, "cma", b"state")
+        session.flush()
+        trial_ids = [t.id for t in queries.generation_trials(session, search.id, 0)]
+        writes.record_progress(session, [(t, step, {"train_loss": 3.0}) for t in trial_ids for step in (1, 2)])
+        session.execute(update(Trial).where(Trial.search_id == search.id).values(status=trial_status))
+        session.execute(update(Search).where(Search.id == search.id).values(status=status))
+        return search.id
+
+
+def rows_of(sessions, search_id: int) -> dict[str, int]:
+    """How many rows of each table belong to the search."""
+    trial_ids = select(Trial.id).where(Trial.search_id == search_id)
+    owned = {
+        Search: Search.id == search_id,
+        Generation: Generation.search_id == search_id,
+        Trial: Trial.search_id == search_id,
+        ProgressPoint: ProgressPoint.trial_id.in_(trial_ids),
+        OptimizerState: OptimizerState.search_id == search_id,
+    }
+    with sessions() as session:
+        count = select(func.count())
+        return {
+            model.__tablename__: session.scalar(count.select_from(model).where(where)) for model, where in owned.items()
+        }
+
+
+def test_deleting_an_ended_search_removes_it_and_everything_of_it_and_nothing_else(client, sessions):
+    kept, deleted = (a_search_with_rows(sessions, status) for status in (SearchStatus.COMPLETED, SearchStatus.FAILED))
+    before = rows_of(sessions, kept)
+    everything = {"searches": 1, "generations": 1, "trials": 2, "progress_points": 4, "optimizer_states": 1}
+    assert rows_of(sessions, deleted) == before == everything
+    response = client.delete(f"/api/searches/{deleted}")
+    assert response.status_code == 204 and response.content == b""
+    assert set(rows_of(sessions, deleted).values()) == {0}
+    assert rows_of(sessions, kept) == before
+    assert client.get(f"/api/searches/{deleted}").status_code == 404
+    assert [s["id"] for s in client.get("/api/searches").json()["searches"]] == [kept]
+    again = client.delete(f"/api/searches/{deleted}")
+    assert again.status_code == 404 and again.json()["detail"] == f"no search with id {deleted}"
+
+
+@pytest.mark.parametrize("status", [SearchStatus.QUEUED, SearchStatus.RUNNING, SearchStatus.PAUSED])
+def test_an_active_search_is_not_deleted(client, sessions, status):
+    """Not even between two generations, when none of its trials is running."""
+    search_id = a_search_with_rows(sessions, status, TrialStatus.SUCCEEDED)
+    before = rows_of(sessions, search_id)
+    response = client.delete(f"/api/searches/{search_id}")
+    assert response.status_code == 409
+    assert response.json()["detail"] == f"cannot delete a search that is {status}: cancel it first"
+    assert rows_of(sessions, search_id) == before
+
+
+@pytest.mark.parametrize("trial_status", [TrialStatus.PENDING, TrialStatus.RUNNING])
+def test_a_cancelled_search_whose_trials_the_engine_has_not_stopped_yet_is_not_deleted(client, sessions, trial_status):
+    """The engine may still write for those trials: their rows must outlive it."""
+    search_id = a_search_with_rows(sessions, SearchStatus.CANCELLED, trial_status)
+    response = client.delete(f"/api/searches/{search_id}")
+    assert response.status_code == 409 and "its trials are still being stopped" in response.json()["detail"]
+    assert rows_of(sessions, search_id)["trials"] == 2
+    with transaction(sessions) as session:
+        writes.cancel_unfinished(session, search_id)  # what the engine does once it has stopped them
+    assert client.delete(f"/api/searches/{search_id}").status_code == 204
+    assert set(rows_of(sessions, search_id).values()) == {0}
+
+
+# -- the name filter ------------------------------------------------------------------------------------------------
+
+
+def test_the_name_filter_matches_its_text_literally_ignoring_case(client):
+    names = ["100%", "a_b", "axb", "a/b", "a\\b", "plain"]
+    for name in names:
+        assert client.post("/api/searches", json={**TINY, "name": name}).status_code == 201
+    for text, found in [("%", ["100%"]), ("_", ["a_b"]), ("a_b", ["a_b"]), ("/", ["a/b"]), ("\\", ["a\\b"]),
+                        ("A", ["plain", "a\\b", "a/b", "axb", "a_b"]), ("", names[::-1])]:  # fmt: skip
+        page = client.get("/api/searches", params={"name": text}).json()
+        assert [s["name"] for s in page["searches"]] == found, text
+        assert page["total"] == len(found)
+
+
+@pytest.mark.parametrize("text", ["\x00", "a\x00", "%\x00%"])
+def test_a_nul_in_the_name_filter_is_a_422_naming_it(client, text):
+    client.post("/api/searches", json=TINY)
+    response = client.get("/api/searches", params={"name": text})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "name"] and "NUL" in error["msg"]

@@ -1,13 +1,18 @@
-"""`hpo train`: one run from a YAML config, overrides that transfer, and one-line errors."""
+"""`hpo train`: one run from a YAML config, overrides that transfer, and one-line errors; every command and
+argument of `hpo` says what it is for; `hpo delete` against a real controller."""
 
+import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from hpo_service.cli import CLIError, load_train_config
+from hpo_service.cli import CLIError, build_parser, load_train_config, main
+from tests.controller import Controller
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny.yaml"
@@ -83,3 +88,100 @@ def test_per_module_multipliers_from_a_file_are_applied(tmp_path):
 def test_setting_inside_a_value_is_refused():
     with pytest.raises(CLIError, match="'width' is not a section"):
         load_train_config(TINY, ["model.width.x=1"])
+
+
+def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and, depth first, every subcommand's parser under it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += parsers(child)
+    return found
+
+
+def undocumented(parser: argparse.ArgumentParser) -> list[str]:
+    """What ``parser`` and its subcommands leave without a description or help text."""
+    missing = []
+    for command in parsers(parser):
+        if not command.description:
+            missing.append(f"{command.prog}: description")
+        for action in command._actions:
+            if not action.help:
+                missing.append(f"{command.prog} {'/'.join(action.option_strings) or action.dest}: help")
+            if isinstance(action, argparse._SubParsersAction):
+                missing += [
+                    f"{command.prog} {choice.dest}: help" for choice in action._choices_actions if not choice.help
+                ]
+    return missing
+
+
+def test_every_command_and_every_argument_says_what_it_is_for():
+    parser = build_parser()
+    assert undocumented(parser) == []
+    assert "hpo submit" in parser.epilog  # an example
+    parser.add_argument("--new")  # a helpless option is found
+    assert undocumented(parser) == ["hpo --new: help"]
+
+
+def test_exports_target_shape_defaults_to_the_proxys():
+    [export] = [command for command in parsers(build_parser()) if command.prog == "hpo export"]
+    helps = {option: action.help for action in export._actions for option in action.option_strings}
+    for option in ("--width", "--depth", "--batch-size", "--tokens"):
+        assert "(default: the proxy's" in helps[option], option
+
+
+# -- `hpo delete`, against a real controller and its engine ---------------------------------------------------------
+
+QUICK = {  # trials of a second or less
+    "name": "quick",
+    "model": {"width": 32, "depth": 1, "head_dim": 16, "seq_len": 32},
+    "training": {"batch_size": 4, "steps": 5, "warmup_steps": 1, "device": "cpu"},
+    "search_space": {"modules": ["attn_q"], "hps": ["lr"]},
+    "optimizer": {"name": "random", "population": 2, "generations": 1},
+}
+LONG = {**QUICK, "name": "long", "training": {**QUICK["training"], "steps": 100_000}}  # minutes a trial
+
+
+def hpo_here(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """`hpo ARGS` in this process: its exit status, standard output and standard error."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_hpo_delete_removes_an_ended_search_and_the_engine_carries_on(db_url, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HPO_API_TOKEN", raising=False)
+    controller = Controller(db_url, tmp_path / "controller.log").start()
+    try:
+        server = ("--server", controller.url)
+        (tmp_path / "long.json").write_text(json.dumps(LONG))
+        code, out, _ = hpo_here(capsys, "submit", str(tmp_path / "long.json"), *server)
+        long_id = int(out.split()[-1])
+        controller.wait_for(long_id, lambda search, trials: any(t["status"] == "running" for t in trials))
+        code, out, err = hpo_here(capsys, "delete", str(long_id), *server)
+        assert (code, out) == (2, "")
+        refusal = "HTTP 409: cannot delete a search that is running: cancel it first"
+        assert err.strip() == f"hpo: error: DELETE /api/searches/{long_id}: {refusal}"
+        assert hpo_here(capsys, "cancel", str(long_id), *server)[0] == 0
+        deadline = time.monotonic() + 60  # until the engine has stopped its trials
+        while (answer := hpo_here(capsys, "delete", str(long_id), *server))[0] != 0 and time.monotonic() < deadline:
+            assert "its trials are still being stopped; try again shortly" in answer[2], answer
+            time.sleep(0.2)
+        assert answer == (0, f"search {long_id}: deleted\n", "")
+        assert httpx.get(f"{controller.url}/api/searches/{long_id}").status_code == 404
+
+        (tmp_path / "quick.json").write_text(json.dumps(QUICK))
+        quick_id = int(hpo_here(capsys, "submit", str(tmp_path / "quick.json"), *server)[1].split()[-1])
+        controller.wait_for(quick_id, lambda search, trials: search["status"] == "completed", timeout_s=120)
+        assert controller.get("/api/health")["engine"] == "running"
+        assert hpo_here(capsys, "delete", str(quick_id), *server) == (0, f"search {quick_id}: deleted\n", "")
+        assert controller.get("/api/searches")["total"] == 0
+        code, _, err = hpo_here(capsys, "delete", str(quick_id), *server)
+        assert (code, err.strip()) == (
+            2,
+            f"hpo: error: DELETE /api/searches/{quick_id}: HTTP 404: no search with id {quick_id}",
+        )
+    finally:
+        controller.stop()
+    assert "Traceback" not in (tmp_path / "controller.log").read_text()

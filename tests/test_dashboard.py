@@ -76,13 +76,32 @@ def test_the_overview_is_the_root_page_and_its_scripts_are_served_offline(client
         assert client.get(f"/static/{script}").status_code == 200
 
 
-def test_a_search_page_names_its_search_escaped_and_an_unknown_one_is_404(client):
+def test_a_search_page_names_its_search_escaped(client):
     search_id = new_search(client, {**SPEC, "name": "<script>alert(1)</script>"})
     page = client.get(f"/searches/{search_id}")
     assert page.status_code == 200
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>alert" not in page.text
     assert f'data-search-id="{search_id}"' in page.text and "/static/search.js" in page.text
-    assert client.get("/searches/999").status_code == 404
+
+
+def not_found_page(client, path: str) -> str:
+    """The dashboard's 404 page at ``path``: HTML in the dashboard's style, its message in #not-found-message."""
+    page = client.get(path)
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html"), (path, page.text)
+    assert "/static/dashboard.css" in page.text and '<a class="brand" href="/">' in page.text
+    return page.text.partition('<p id="not-found-message">')[2].partition("</p>")[0]
+
+
+def test_a_page_that_does_not_exist_is_the_dashboards_404_page_and_the_api_keeps_json(client):
+    assert not_found_page(client, "/searches/999") == "There is no search #999."
+    for search_id in ("0", "abc", "99999999999", "%C2%B2"):  # not ids, beyond the column, a unicode digit
+        assert "There is no search #" in not_found_page(client, f"/searches/{search_id}")
+    assert not_found_page(client, "/searches/%3Cb%3Ex") == "There is no search #&lt;b&gt;x."
+    assert not_found_page(client, "/nothing/here") == "There is no page at /nothing/here."
+    for path in ("/api/searches/999", "/api/nothing", "/api/searches/999/dashboard/outcomes", "/static/nothing.js"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and answer.headers["content-type"] == "application/json", path
+    assert client.get("/api/searches/999").json() == {"detail": "no search with id 999"}
     for panel in ("outcomes", "multipliers", "curves"):
         assert client.get(f"/api/searches/999/dashboard/{panel}").status_code == 404
 
@@ -225,7 +244,18 @@ def test_parallel_coordinates_draw_successful_trials_coloured_by_loss(client):
     assert p["axes"] == ["attn_q lr", "attn_q init_std", "norm_attn lr", "residual attn", "residual mlp"]
     assert p["loss"] == [2.0, 2.5] and p["total"] == 2  # best first; the diverged trial has no line
     assert p["values"][0] == [-1.0, 1.0] and p["values"][1] == [0.5, 0.0]
-    assert p["colour_range"] == [2.0, 2.0]
+    assert p["colour_range"] == [2.0, pytest.approx(2.45)]  # the lowest loss to the 90th percentile
+
+
+@pytest.mark.parametrize("losses", [[2.0], [2.0, 2.0], [2.0, 2.0001], [30.0, 30.01, 30.02]])
+def test_the_colour_scale_spans_a_sensible_range_when_the_losses_are_few_or_nearly_equal(client, losses):
+    """Losses closer than the minimum span sit mid-scale, in neighbouring colours, not at its two ends."""
+    search_id = new_search(client)
+    add_trials(client, search_id, *({"loss": loss} for loss in losses))
+    low, high = get(client, f"/api/searches/{search_id}/dashboard/multipliers")["parallel"]["colour_range"]
+    assert high - low == pytest.approx(max(0.01, 0.005 * min(losses)))
+    assert low < min(losses) and max(losses) < high
+    assert (low + high) / 2 == pytest.approx((min(losses) + max(losses)) / 2, abs=0.01)
 
 
 def test_parallel_coordinates_keep_the_axes_most_correlated_with_the_loss(client):

@@ -44,6 +44,25 @@ SPEC = {
     "execution": {"parallel": 2, "timeout_s": 300},
 }
 TRIALS = 8
+QUICK = {  # two trials of a test trial function: they end within seconds
+    "model": SPEC["model"],
+    "training": {"batch_size": 4, "steps": 10, "device": "cpu"},
+    "optimizer": {"name": "random", "population": 2, "generations": 1, "seed": 0},
+}
+# Two trials whose losses differ by under 1e-4 nats (if at all): the synthetic bowl over a space 0.002 octaves wide.
+TWIN_LOSSES_SPEC = {
+    **QUICK,
+    "name": "twin-losses",
+    "search_space": {"modules": ["attn_q"], "hps": ["lr"], "log2_bounds": [-0.001, 0.001]},
+    "execution": {"parallel": 2, "timeout_s": 60, "trial": "tests.trial_fns:synthetic"},
+}
+# Every trial raises.
+ALL_FAIL_SPEC = {
+    **QUICK,
+    "name": "all-fail",
+    "search_space": {"modules": ["attn_q"], "hps": ["lr"]},
+    "execution": {"parallel": 2, "timeout_s": 60, "max_retries": 0, "trial": "tests.trial_fns:raises"},
+}
 
 # In the page: trials drawn in the population chart (successful points, diverged and failed marks).
 POPULATION_POINTS = (
@@ -51,6 +70,12 @@ POPULATION_POINTS = (
     ".filter(t => t.name === 'succeeded' || t.yaxis === 'y2').reduce((n, t) => n + t.x.length, 0)"
 )
 CURVES = "(document.getElementById('chart-curves').data || [])"
+# In the page: the [cmin, cmax] of the parallel coordinates' colour bar, as Plotly was given it.
+COLOUR_BAR = (
+    "(document.getElementById('chart-parallel').data || [])"
+    ".filter(t => t.marker && t.marker.showscale).map(t => [t.marker.cmin, t.marker.cmax])"
+)
+ENDED = "document.getElementById('control-message').textContent.startsWith('Ended')"
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +101,17 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]
     folder = tmp_path_factory.mktemp("dashboard")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPO_API_TOKEN", TOKEN)
-        running = Controller(database_url(str(folder / "hpo.db")), folder / "controller.log").start()
+        env = {"HPO_ALLOWED_TRIALS": "tests.trial_fns:*"}  # the quick searches' trial functions
+        running = Controller(database_url(str(folder / "hpo.db")), folder / "controller.log", env=env).start()
     try:
         yield running
     finally:
         running.stop()
 
 
-def submit(controller: Controller) -> int:
+def submit(controller: Controller, spec: dict = SPEC) -> int:
     response = httpx.post(
-        f"{controller.url}/api/searches", json=SPEC, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        f"{controller.url}/api/searches", json=spec, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
     )
     response.raise_for_status()
     return response.json()["id"]
@@ -146,6 +172,12 @@ def test_watch_a_search_live_pause_it_resume_it_and_download_its_export(browser,
     # the search runs to its end on the page, updated in place: every trial plotted, the best curves drawn
     page.wait_for_function("document.getElementById('status').textContent === 'completed'", timeout=120_000)
     page.wait_for_function(f"{POPULATION_POINTS} === {TRIALS}")
+
+    # the controls say that it ended and how, not what the last command did; none is offered any more
+    page.wait_for_function(ENDED)
+    message = page.inner_text("#control-message")
+    assert f": completed, {TRIALS} of {TRIALS} trials ended." in message and "running" not in message, message
+    assert not any(page.is_visible(f"#{command}") for command in ("pause", "resume", "cancel"))
     assert seen < TRIALS
     page.wait_for_function(f"{CURVES}.filter(t => t.name.startsWith('best') && t.mode === 'lines').length === 5")
     assert page.locator("#trials tbody tr").count() == TRIALS
@@ -169,3 +201,58 @@ def test_watch_a_search_live_pause_it_resume_it_and_download_its_export(browser,
     assert errors == []
     assert all(url.startswith((controller.url, "blob:", "data:")) for url in requested), requested
     context.close()
+
+
+def finished_page(browser, controller: Controller, spec: dict):
+    """A page on a search of ``spec``, once the page shows that the search has ended."""
+    search_id = submit(controller, spec)
+    controller.wait_for(search_id, lambda search, trials: search["finished_at"] is not None, timeout_s=120)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{controller.url}/searches/{search_id}")
+    page.wait_for_function(ENDED)
+    return page, controller.get(f"/api/searches/{search_id}"), errors
+
+
+def test_a_search_whose_every_trial_failed_says_so_in_place_of_empty_loss_charts(browser, controller):
+    page, search, errors = finished_page(browser, controller, ALL_FAIL_SPEC)
+    assert search["trials"]["succeeded"] == 0 and search["trials"]["failed"] == 2
+    notice = page.locator("#no-success")
+    notice.wait_for()
+    reason = search["error"] or "2 trials ended, none with a loss"  # a failed search's reason, when it has one
+    assert notice.inner_text().startswith("No trial succeeded: ") and reason in notice.inner_text()
+    for chart in CHARTS:  # no chart is shown: none would have a loss to draw
+        assert not page.is_visible(f"#chart-{chart}"), chart
+    assert page.locator(".main-svg").count() == 0  # nor was any drawn
+    page.wait_for_selector("#trials tbody tr")
+    assert page.locator("#trials tbody tr").count() == 2
+    screenshot(page, "dashboard-search-all-failed")
+    assert errors == []
+    page.close()
+
+
+def test_the_colour_bar_of_two_nearly_equal_losses_spans_a_readable_range(browser, controller):
+    page, search, errors = finished_page(browser, controller, TWIN_LOSSES_SPEC)
+    assert search["status"] == "completed"
+    assert ": completed, 2 of 2 trials ended. Nothing is left" in page.inner_text("#control-message")
+    assert not any(page.is_visible(f"#{command}") for command in ("pause", "resume", "cancel"))
+    losses = [t["loss"] for t in controller.get(f"/api/searches/{search['id']}/trials")["trials"]]
+    assert len(losses) == 2 and abs(losses[0] - losses[1]) < 1e-4
+    page.wait_for_function(f"{COLOUR_BAR}.length === 1")
+    [[cmin, cmax]] = page.evaluate(COLOUR_BAR)
+    assert cmax - cmin >= 0.01 and cmin < min(losses) and max(losses) < cmax
+    assert errors == []
+    page.close()
+
+
+def test_a_search_that_does_not_exist_is_a_page_saying_so(browser, controller):
+    page = browser.new_page()
+    response = page.goto(f"{controller.url}/searches/999")
+    assert response.status == 404 and response.headers["content-type"].startswith("text/html")
+    assert page.title() == "Not found · completedp-hpo"
+    assert page.inner_text("#not-found-message") == "There is no search #999."
+    screenshot(page, "dashboard-not-found")
+    page.get_by_role("link", name="All searches").click()
+    page.wait_for_url(f"{controller.url}/")
+    page.close()

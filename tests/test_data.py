@@ -1,15 +1,18 @@
 """Corpora and batches: the built-in corpus, user text and token files, determinism and clear errors."""
 
+import ctypes
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from trainer import Multipliers, TrainConfig
-from trainer.data import BUILTIN_STDLIB, DataError, load_corpus, sample_batch
+from trainer.data import BUILTIN_STDLIB, DataError, DataSource, check_corpus, load_corpus, sample_batch
 from trainer.train import _Run
 
 
@@ -121,3 +124,73 @@ def test_unusable_corpora_raise_a_clear_error(tmp_path, make_source, message):
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+def check(source: str, *, vocab_size: int = 256, seq_len: int = 8, val_fraction: float = 0.1) -> None:
+    check_corpus(DataSource.parse(source), vocab_size=vocab_size, seq_len=seq_len, val_fraction=val_fraction)
+
+
+def test_the_submission_check_admits_exactly_the_corpora_a_trial_can_draw_batches_from(tmp_path):
+    """``check_corpus`` runs at submission; it must refuse what would fail in every trial, and nothing else."""
+    for size in range(80, 140):
+        path = _write(tmp_path / f"{size}.txt", bytes(range(size)))
+        try:
+            corpus = load_corpus(f"text:{path}", val_fraction=0.1)
+            sample_batch(corpus.train, 1, 8, seed=0, step=0)
+            sample_batch(corpus.val, 1, 8, seed=0, step=0)
+            trainable = True
+        except DataError:
+            trainable = False
+        try:
+            check(f"text:{path}")
+            admitted = True
+        except DataError:
+            admitted = False
+        assert admitted == trainable, size
+
+
+def test_token_ids_beyond_the_vocabulary_are_found_wherever_they_are(tmp_path):
+    ids = np.zeros(50_000, dtype=np.uint32)
+    check(f"tokens:{_write(tmp_path / 'ok.bin', ids.tobytes())}:uint32", vocab_size=2)
+    ids[-1] = 70_000
+    with pytest.raises(DataError, match=r"holds token id 70000 \(at index 49,999\), beyond vocab_size 65536"):
+        check(f"tokens:{_write(tmp_path / 'big.bin', ids.tobytes())}:uint32", vocab_size=65_536)
+
+
+def test_a_pipe_is_refused_without_being_opened(tmp_path):
+    os.mkfifo(tmp_path / "pipe")  # opening it to read would wait for a writer forever
+    with pytest.raises(DataError, match="is not a regular file"):
+        check(f"tokens:{tmp_path / 'pipe'}")
+
+
+_CHECK = """
+import sys
+from trainer.data import DataError, DataSource, check_corpus
+try:
+    check_corpus(DataSource.parse(sys.argv[1]), vocab_size=256, seq_len=8, val_fraction=0.1)
+except DataError as exc:
+    print(exc)
+"""
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2  # <linux/prctl.h>, <linux/capability.h>
+
+
+def _without_root_file_access() -> None:
+    """In a child before it runs Python: drop the capabilities that let root read any file."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_file_the_server_cannot_read_is_refused(tmp_path):
+    secret = _write(tmp_path / "secret.txt", b"x" * 1000)
+    secret.chmod(0o000)
+    result = subprocess.run(  # a process of its own, so that root (as in containers) checks it as others would
+        [sys.executable, "-c", _CHECK, f"text:{secret}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=_without_root_file_access if os.geteuid() == 0 else None,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.stdout.strip() == "cannot be read (Permission denied)"

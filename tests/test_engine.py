@@ -148,10 +148,11 @@ def test_a_worker_that_keeps_dying_fails_its_trial_after_the_retries(sessions):
     spec = tiny_spec(optimizer={"name": "random", "population": 1, "generations": 1}, execution={"max_retries": 1})
     search = Commands(sessions).create(spec)
     engine = engine_on(sessions, trial_fns.always_crash)
-    assert run_until(engine, sessions, search.id, finished).status == "completed"
+    ended = run_until(engine, sessions, search.id, finished)
     (trial,) = trials_of(sessions, search.id)
     assert (trial.status, trial.attempts) == ("failed", 2)
-    assert "worker lost" in trial.error
+    assert trial.error.startswith("worker lost: ")
+    assert (ended.status, ended.error) == ("failed", f"all 1 trials of generation 0 failed: {trial.error} (1 of 1)")
 
 
 def test_a_trial_past_its_timeout_is_stopped_and_failed(sessions):
@@ -166,15 +167,17 @@ def test_a_trial_past_its_timeout_is_stopped_and_failed(sessions):
 
 
 def test_a_trial_that_raises_fails_once_is_told_a_penalty_and_the_search_goes_on(sessions):
-    spec = tiny_spec(optimizer={"name": "cma", "population": 2, "generations": 2})
-    search = Commands(sessions).create(spec)
-    engine = engine_on(sessions, trial_fns.raises)
+    optimizer = {"name": "cma", "population": 2, "generations": 2, "replicates": 2}
+    search = Commands(sessions).create(tiny_spec(optimizer=optimizer, search_space=BELOW_THE_CLIFF))
+    engine = engine_on(sessions, trial_fns.raises_on_odd_seeds)
     assert run_until(engine, sessions, search.id, finished).status == "completed"
     trials = trials_of(sessions, search.id)
-    assert [(t.generation, t.index) for t in trials] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert all(t.status == "failed" and t.attempts == 1 for t in trials)  # deterministic: no retry
-    assert all("ValueError: a bug in the trial code" in t.error for t in trials)
-    # nothing succeeded, so each was told the uniform predictor's loss plus one
+    assert [(t.generation, t.index) for t in trials] == [(g, i) for g in range(2) for i in range(2) for _ in range(2)]
+    failed = [t for t in trials if t.seed % 2]
+    assert all(t.status == "failed" and t.attempts == 1 for t in failed)  # deterministic: no retry
+    assert all(t.error == "ValueError: a bug in the trial code" for t in failed)
+    assert all(t.status == "succeeded" for t in trials if t not in failed)
+    # each candidate has a failed replicate, so each was told the penalty: the uniform predictor's loss plus one
     assert told_in_first_generation(sessions, search.id) == pytest.approx([math.log(256) + 1] * 2)
 
 
@@ -182,10 +185,11 @@ def test_a_trial_out_of_memory_fails_with_the_allocators_message(sessions):
     spec = tiny_spec(optimizer={"name": "random", "population": 1, "generations": 1})
     search = Commands(sessions).create(spec)
     engine = engine_on(sessions, trial_fns.out_of_memory)
-    assert run_until(engine, sessions, search.id, finished).status == "completed"
+    ended = run_until(engine, sessions, search.id, finished)
     (trial,) = trials_of(sessions, search.id)
     assert (trial.status, trial.attempts) == ("failed", 1)
     assert "can't allocate memory" in trial.error
+    assert ended.status == "failed" and "can't allocate memory" in ended.error
 
 
 def test_a_worker_killed_by_the_oom_killer_is_retried_with_the_same_candidate(sessions, tmp_path):

@@ -1,5 +1,6 @@
 """Security of the API: no CORS unless configured, cross-origin writes refused (CSRF), every write behind the
-token, compared in constant time, and the token never written to the controller's log."""
+token, compared in constant time, the token never written to the controller's log, and only requests to a
+host the server answers as served (DNS rebinding)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hmac
 import json
 import re
 import secrets
+import subprocess
+import sys
 
 import fastapi.routing
 import httpx
@@ -16,7 +19,9 @@ from fastapi.testclient import TestClient
 
 from hpo_service.api import auth
 from hpo_service.api.app import create_app
-from tests.controller import Controller
+from hpo_service.api.hosts import HostPatternError
+from hpo_service.store.database import database_url
+from tests.controller import ROOT, Controller
 
 pytestmark = pytest.mark.backends("sqlite")  # none of this depends on the store
 
@@ -161,3 +166,89 @@ def test_the_token_is_never_logged_nor_echoed(db_url, tmp_path):
     text = log.read_text()
     assert TOKEN not in text and wrong not in text
     assert '"POST /api/searches HTTP/1.1" 201' in text and '"GET /api/searches HTTP/1.1" 200' in text  # logged
+
+
+# -- the Host check (DNS rebinding) ---------------------------------------------------------------------------------
+
+
+def test_a_rebinding_host_is_refused_and_nothing_is_written_while_loopback_and_allowed_hosts_pass(
+    tmp_path, monkeypatch
+):
+    """A real controller without a token. A page on rebind.example, its name resolved to 127.0.0.1, is the
+    server's own origin to the browser: only the Host header gives it away."""
+    monkeypatch.delenv("HPO_ALLOWED_HOSTS")  # the tests' TestClient host: not here
+    controller = Controller(
+        database_url(str(tmp_path / "hpo.db")),
+        tmp_path / "controller.log",
+        args=("--no-engine", "--allowed-host", "hpo.lab.example", "--allowed-host", "*.corp.example"),
+    ).start()
+    try:
+        url, port = controller.url, controller.port
+
+        def as_host(host: str, method: str = "GET", path: str = "/api/searches") -> httpx.Response:
+            headers = {"Host": host, "Origin": f"http://{host}"}  # same-origin, as the rebinding page's
+            return httpx.request(method, f"{url}{path}", headers=headers, json=SPEC if method == "POST" else None)
+
+        for host in (f"rebind.example:{port}", "rebind.example", f"corp.example:{port}", f"localhost.evil:{port}"):
+            for method in ("POST", "GET"):
+                refused = as_host(host, method)
+                assert refused.status_code == 400, (host, method, refused.text)
+                assert refused.json()["detail"].startswith("invalid host header")
+        assert as_host(f"rebind.example:{port}", "POST", "/api/searches/1/cancel").status_code == 400
+        assert controller.get("/api/searches")["total"] == 0  # nothing was written
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LocalHost.", f"hpo.lab.example:{port}",
+                     f"a.corp.example:{port}"):  # fmt: skip
+            assert as_host(host).status_code == 200, host
+        assert as_host(f"localhost:{port}", "POST").status_code == 201
+    finally:
+        controller.stop()
+    assert "Traceback" not in (tmp_path / "controller.log").read_text()
+
+
+LOCAL = ["localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "[0:0:0:0:0:0:0:1]", "LOCALHOST.:80"]
+FOREIGN = ["rebind.example", "rebind.example:8000", "127.0.0.1.rebind.example", "localhost.rebind.example", "",
+           "[::1", "::1", "localhost:80:80", "localhost@rebind.example", "10.1.2.3:8000"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("host", "answered"), [(host, True) for host in LOCAL] + [(host, False) for host in FOREIGN])
+def test_only_loopback_names_are_answered_by_default(db_url, monkeypatch, host, answered):
+    monkeypatch.delenv("HPO_ALLOWED_HOSTS")
+    with client_for(db_url) as client:
+        response = client.post("/api/searches", json=SPEC, headers={"Host": host})
+        assert response.status_code == (201 if answered else 400), response.text
+        assert client.get("/api/searches", headers={"Host": "localhost"}).json()["total"] == int(answered)
+
+
+@pytest.mark.parametrize(
+    ("options", "answered", "refused"),
+    [
+        ({"bind_host": "10.1.2.3"}, ["10.1.2.3:8000", "localhost"], ["10.1.2.4", "rebind.example"]),
+        ({"bind_host": "0.0.0.0"}, ["localhost"], ["0.0.0.0", "10.1.2.3"]),
+        ({"bind_host": "::"}, ["[::1]:8000"], ["[::]"]),
+        ({"allowed_hosts": ["*.lab.example"]}, ["a.lab.example", "b.a.lab.example:1"], ["lab.example", "xlab.example"]),
+        ({"allowed_hosts": ["*"]}, ["rebind.example", "anything:1"], []),
+    ],
+)
+def test_the_bound_address_and_allowed_hosts_are_answered_too(db_url, monkeypatch, options, answered, refused):
+    monkeypatch.delenv("HPO_ALLOWED_HOSTS")
+    with client_for(db_url, **options) as client:
+        for host in answered:
+            assert client.get("/api/health", headers={"Host": host}).status_code == 200, host
+        for host in refused:
+            assert client.get("/api/health", headers={"Host": host}).status_code == 400, host
+
+
+def test_allowed_hosts_default_to_the_environment_and_a_bad_pattern_is_one_clear_line(db_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("HPO_ALLOWED_HOSTS", " hpo.lab.example, *.corp.example ")
+    with client_for(db_url) as client:
+        for host, status in [("hpo.lab.example", 200), ("x.corp.example", 200), ("testserver", 400)]:
+            assert client.get("/api/health", headers={"Host": host}).status_code == status, host
+    with pytest.raises(HostPatternError, match=r"'lab\.\*' is not a host name"):
+        create_app(db_url, run_engine=False, allowed_hosts=["lab.*"])
+    serve = [sys.executable, "-m", "hpo_service.cli", "serve", "--db", db_url, "--allowed-host", "*lab.example"]
+    run = subprocess.run(serve, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == (
+        "hpo: error: allowed host '*lab.example' is not a host name, an IP address, '*.domain' or '*' "
+        "(from --allowed-host or HPO_ALLOWED_HOSTS)"
+    )

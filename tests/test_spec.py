@@ -8,7 +8,8 @@ from pydantic import ValidationError
 
 from hpo_service.spec import SEARCH_SECTIONS, SearchSpec
 from trainer.config import TrainConfig
-from trainer.model import MODULE_TYPES
+from trainer.model import GPT, MODULE_TYPES, ModelConfig
+from trainer.parameterisation import Shape
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,3 +149,58 @@ def test_the_digest_ignores_key_order_but_not_values():
     b = SearchSpec.model_validate({"optimizer": {"seed": 1, "population": 4}, "name": "t"})
     c = SearchSpec.model_validate({"name": "t", "optimizer": {"population": 4, "seed": 2}})
     assert a.digest() == b.digest() != c.digest()
+
+
+@pytest.mark.parametrize(
+    ("sections", "field"),
+    [
+        ({"model": {"width": 2**100}}, "model.width"),
+        ({"model": {"depth": 2**20}}, "model.depth"),
+        ({"model": {"seq_len": 2**30}}, "model.seq_len"),
+        ({"model": {"mlp_ratio": 10**6}}, "model.mlp_ratio"),
+        ({"training": {"seed": 2**40}}, "training.seed"),
+        ({"training": {"seed": 2**31 - 1}, "optimizer": {"replicates": 2}}, "training.seed"),
+        ({"training": {"eval_every": 10**12}}, "training.eval_every"),
+        ({"training": {"eval_batches": 10**9}}, "training.eval_batches"),
+        ({"training": {"z_loss": float("nan")}}, "training.z_loss"),
+        ({"search_space": {"log2_bounds": [float("-inf"), 1]}}, "search_space.log2_bounds.0"),
+        ({"export_targets": [{"width": 0, "depth": 1, "batch_size": 1, "tokens": 1}]}, "export_targets.0.width"),
+        ({"export_targets": [{"width": 8, "depth": 1, "batch_size": 1, "tokens": 2**64}]}, "export_targets.0.tokens"),
+        ({"parameterisation": {"base_shape": {"width": 8, "depth": 0, "batch_size": 1, "tokens": 1}}},
+         "parameterisation.base_shape.depth"),
+        ({"name": " \t\n"}, "name"),
+        ({"name": "a\x00b"}, "name"),
+        ({"training": {"data": "text:a\x00b"}}, "training.data"),
+    ],
+)  # fmt: skip
+def test_every_value_is_bounded_by_what_the_store_and_the_trainer_can_hold(sections, field):
+    assert field in error_fields(**sections)
+
+
+def test_a_run_at_every_hard_bound_still_counts_its_tokens_in_64_bits():
+    most = TrainConfig.model_validate(
+        {
+            "model": {"width": 2**20, "depth": 2**14, "head_dim": 2**10, "seq_len": 2**19},
+            "training": {"batch_size": 1_000_000, "steps": 10_000_000},
+        }
+    )
+    assert most.shape().tokens < 2**63  # the store's trial token count is a BigInteger
+    assert TrainConfig.model_validate(most.with_base_shape_pinned().model_dump(mode="json")).base_shape() == (
+        most.shape()
+    )
+
+
+def test_a_name_is_kept_without_its_surrounding_whitespace():
+    assert spec(name="  tuned\n").name == "tuned"
+
+
+def test_shapes_read_and_write_as_they_did():
+    target = {"width": 256, "depth": 4, "batch_size": 32, "tokens": 10**9}
+    loaded = spec(export_targets=[target])
+    assert loaded.export_targets == [Shape(256, 4, 32, 10**9)]
+    assert loaded.model_dump(mode="json")["export_targets"] == [target]
+
+
+def test_the_parameter_count_the_server_limits_is_the_models_own():
+    for config in (ModelConfig(), ModelConfig(width=96, depth=3, head_dim=32, vocab_size=300, mlp_ratio=3)):
+        assert config.n_params == sum(p.numel() for p in GPT(config).parameters())

@@ -152,3 +152,37 @@ def oom_killed_once(marker_dir: str, payload: dict, report) -> dict:
         marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
     return synthetic(payload, report)
+
+
+def raises_on_odd_seeds(payload: dict, report) -> dict:
+    """``synthetic`` on even seeds, a bug on odd ones: with two replicates every candidate has one failed trial."""
+    if payload["config"]["training"]["seed"] % 2:
+        return raises(payload, report)
+    return synthetic(payload, report)
+
+
+def missing_file_but_seed_3(payload: dict, report) -> dict:
+    """Fails for a missing file, except on seed 3, where it fails for another reason."""
+    if payload["config"]["training"]["seed"] == 3:
+        raise ValueError("a bug in the trial code")
+    raise FileNotFoundError("[Errno 2] No such file or directory: 'corpus.txt'")
+
+
+def diverges_or_raises(payload: dict, report) -> dict:
+    """Diverges on even seeds and raises on odd ones: no trial succeeds, yet no generation fails entirely."""
+    if payload["config"]["training"]["seed"] % 2:
+        return raises(payload, report)
+    return {"status": "diverged", "final_train_loss": float("nan"), "reason": "synthetic cliff", "steps": 1}
+
+
+def fails_with_unstorable_text(payload: dict, report) -> dict:
+    """Fails with a NUL byte (PostgreSQL refuses it) and a lone surrogate (not UTF-8; what ``surrogateescape``
+    makes of an undecodable byte) in its reason."""
+    return {"status": "failed", "reason": "bad\x00byte \udcff"}
+
+
+def overflows_a_column_for_seed(bad_seed: int, payload: dict, report) -> dict:
+    """``synthetic``, except that on ``bad_seed`` the result claims 2**64 steps: more than any integer column of
+    either store holds, so that no store can write it."""
+    result = synthetic(payload, report)
+    return {**result, "steps": 2**64} if payload["config"]["training"]["seed"] == bad_seed else result

@@ -8,39 +8,84 @@ sections. Unknown keys and impossible values are rejected with an error naming t
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, field_validator, model_validator
+from pydantic_core import core_schema
 
 from trainer.data import DataError, DataSource
 from trainer.hparams import BaseHPs, MaterialisedHPs, Multipliers, materialise
-from trainer.model import ModelConfig
+from trainer.model import MAX_DEPTH, MAX_WIDTH, ModelConfig
 from trainer.parameterisation import Parameterisation, ParameterisationName, Shape
+
+# Hard bounds of a run's budget. With the model's, a run's token count (steps × batch_size × seq_len) stays
+# within int64, and its steps within a 32-bit count.
+MAX_BATCH_SIZE = 1_000_000
+MAX_STEPS = 10_000_000
+MAX_SEED = 2**31 - 1  # a 32-bit signed integer: what every RNG and every integer column holds
+MAX_TOKENS = 2**63 - 1  # int64, as the store counts a trial's tokens
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ShapeFields(Section):
+    """A ``Shape`` as a config writes it, each dimension bounded."""
+
+    width: int = Field(gt=0, le=MAX_WIDTH)
+    depth: int = Field(gt=0, le=MAX_DEPTH)
+    batch_size: int = Field(gt=0, le=MAX_BATCH_SIZE)
+    tokens: int = Field(gt=0, le=MAX_TOKENS)
+
+
+def _shape_schema(source: Any, handler: Any) -> core_schema.CoreSchema:
+    """Validate a mapping as ``ShapeFields`` (so an error names the dimension, e.g. ``.width``), keep a
+    ``Shape`` as it is, and give a ``Shape``."""
+    fields = handler.generate_schema(ShapeFields)
+
+    def validate(value: Any, inner: core_schema.ValidatorFunctionWrapHandler) -> Shape:
+        return value if isinstance(value, Shape) else Shape(**inner(value).model_dump())
+
+    def serialise(shape: Shape) -> ShapeFields:
+        return ShapeFields.model_construct(**asdict(shape))
+
+    serialisation = core_schema.plain_serializer_function_ser_schema(serialise, return_schema=fields)
+    return core_schema.no_info_wrap_validator_function(validate, fields, serialization=serialisation)
+
+
+BoundedShape = Annotated[Shape, GetPydanticSchema(_shape_schema)]
 
 
 class TrainingSection(Section):
-    batch_size: int = Field(16, gt=0, le=1_000_000, description="Sequences per optimiser step.")
-    steps: int = Field(60, gt=0, le=10_000_000, description="Optimiser steps.")
+    batch_size: int = Field(16, gt=0, le=MAX_BATCH_SIZE, description="Sequences per optimiser step.")
+    steps: int = Field(60, gt=0, le=MAX_STEPS, description="Optimiser steps.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the cosine decay.")
     lr_floor: float = Field(0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
-    data: str = Field("builtin:python-stdlib", description="builtin:python-stdlib, text:PATH or tokens:PATH[:dtype].")
+    data: str = Field(
+        "builtin:python-stdlib",
+        max_length=4096,
+        description="builtin:python-stdlib, text:PATH or tokens:PATH[:dtype] (a server resolves a relative "
+        "PATH against its data root).",
+    )
     val_fraction: float = Field(0.05, gt=0, lt=1, description="Share of a user corpus held out for validation.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
-    seed: int = Field(0, ge=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$", description="auto, cpu, cuda or cuda:N.")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     z_loss: float = Field(0.0, ge=0, description="Coefficient of the z-loss (log-partition squared).")
     grad_clip: float = Field(0.0, ge=0, description="Global gradient-norm clip; 0 disables it.")
-    eval_every: int = Field(0, ge=0, description="Steps between evaluations; 0 evaluates ~10 times per run.")
-    eval_batches: int = Field(4, gt=0)
+    eval_every: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Steps between evaluations; 0 evaluates ~10 times per run."
+    )
+    eval_batches: int = Field(4, gt=0, le=10_000)
     divergence_factor: float = Field(3.0, gt=1, description="Loss above this times the first loss is divergence.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile: auto means on CUDA only.")
 
     @field_validator("data")
     @classmethod
     def _known_source(cls, data: str) -> str:
+        if "\x00" in data:
+            raise ValueError("must not contain a NUL character")
         try:
             DataSource.parse(data)
         except DataError as exc:
@@ -65,7 +110,7 @@ class ParameterisationSection(Section):
     duration_exponent: float = Field(
         _DEFAULT_PARAMETERISATION.duration_exponent, ge=0, le=1, description="Power of m_B/m_D on LR, WD and ε."
     )
-    base_shape: Shape | None = Field(
+    base_shape: BoundedShape | None = Field(
         None, description="Shape the base HPs were tuned at; defaults to this config's own shape."
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sysconfig
+import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -97,16 +98,91 @@ class DataSource:
         return f"{self.kind}:{self.path}" + (f":{self.dtype}" if self.dtype else "")
 
 
-@lru_cache(maxsize=1)
-def _python_stdlib() -> Corpus:
+def check_corpus(
+    source: DataSource, *, vocab_size: int, seq_len: int, val_fraction: float, scan_seconds: float = 10.0
+) -> None:
+    """Raise ``DataError`` if training on ``source`` would fail for its data: it does not exist or cannot be
+    read, a split is too short for one sequence, or it holds token ids of ``vocab_size`` or more. Token ids are
+    scanned for ``scan_seconds`` at most (a vectorised pass over the memory map; a trial checks the rest).
+    The message leaves out the path, so that the caller says it as its user wrote it."""
+    if source.kind != "tokens" and vocab_size < 256:
+        raise DataError(f"holds bytes up to 255, beyond vocab_size {vocab_size} (byte-level data needs 256)")
+    if source.kind == "builtin":
+        train, val = _python_stdlib_sizes()
+    else:
+        path = source.path
+        files = _readable_files(path) if source.kind == "text" else [_readable_file(path)]
+        size = sum(f.stat().st_size for f in files)
+        if size == 0:
+            raise DataError("is empty")
+        itemsize = source.token_dtype.itemsize if source.kind == "tokens" else 1
+        if size % itemsize:
+            raise DataError(f"is not a whole number of {source.token_dtype.name} values")
+        val = int(size // itemsize * val_fraction)
+        train = size // itemsize - val
+    if min(train, val) <= seq_len + 1:
+        raise DataError(
+            f"is too short: its splits hold {train:,} and {val:,} tokens (val_fraction {val_fraction}), and each "
+            f"must hold more than seq_len + 1 = {seq_len + 1}"
+        )
+    if source.kind == "tokens":
+        _check_token_ids(np.memmap(source.path, dtype=source.token_dtype, mode="r"), vocab_size, scan_seconds)
+
+
+def _readable_file(path: Path) -> Path:
+    """``path`` if it is a regular file this process can open (a pipe or a device would block or never end)."""
+    try:
+        if not path.is_file():
+            raise DataError("does not exist" if not path.exists() else "is not a regular file")
+        with path.open("rb"):
+            return path
+    except OSError as exc:
+        raise DataError(f"cannot be read ({exc.strerror})") from None
+
+
+def _readable_files(path: Path) -> list[Path]:
+    """The files a ``text:`` source reads: ``path`` itself, or every file under the directory ``path``."""
+    try:
+        if path.is_dir():
+            return [_readable_file(p) for p in sorted(path.rglob("*")) if p.is_file()]
+    except OSError as exc:
+        raise DataError(f"cannot be read ({exc.strerror})") from None
+    return [_readable_file(path)]
+
+
+def _check_token_ids(tokens: np.ndarray, vocab_size: int, scan_seconds: float) -> None:
+    deadline = time.monotonic() + scan_seconds
+    chunk = 1 << 24
+    for start in range(0, len(tokens), chunk):
+        block = tokens[start : start + chunk]
+        if int(block.max()) >= vocab_size:
+            at = start + int(np.argmax(block >= vocab_size))
+            raise DataError(f"holds token id {int(tokens[at])} (at index {at:,}), beyond vocab_size {vocab_size}")
+        if time.monotonic() > deadline:
+            return
+
+
+def _stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = []
     for directory, subdirs, names in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if d not in _STDLIB_SKIP_DIRS)
         files.extend(Path(directory, n) for n in names if n.endswith(".py"))
-    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+@lru_cache(maxsize=1)
+def _python_stdlib_sizes() -> tuple[int, int]:
+    """The built-in corpus's train and validation lengths, from the files' sizes (without reading them)."""
+    sizes = [(i % _STDLIB_VAL_EVERY == 0, path.stat().st_size) for i, path in enumerate(_stdlib_files())]
+    val = sum(size for is_val, size in sizes if is_val)
+    return sum(size for _, size in sizes) - val, val
+
+
+@lru_cache(maxsize=1)
+def _python_stdlib() -> Corpus:
     train, val = bytearray(), bytearray()
-    for i, path in enumerate(files):
+    for i, path in enumerate(_stdlib_files()):
         (val if i % _STDLIB_VAL_EVERY == 0 else train).extend(path.read_bytes())
     return Corpus(
         train=np.frombuffer(bytes(train), dtype=np.uint8),

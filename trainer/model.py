@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 NORM_EPS = 1e-6
+# Hard bounds: what the trainer can represent at all (tensor sizes and token counts within int64), not what a
+# machine can hold (a server admits less, by its operator's limits).
+MAX_WIDTH = 2**20
+MAX_DEPTH = 2**14
+MAX_SEQ_LEN = 2**19
+MAX_MLP_RATIO = 64
 
 
 class ModelConfig(BaseModel):
@@ -23,12 +29,14 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    width: int = Field(64, gt=0, description="Residual-stream width; a multiple of head_dim.")
-    depth: int = Field(2, gt=0, description="Number of transformer blocks.")
-    head_dim: int = Field(16, gt=0, description="Dimension of each attention head (fixed as width grows).")
-    seq_len: int = Field(64, gt=0, description="Context length in tokens.")
-    vocab_size: int = Field(256, gt=1, le=2**32, description="256 for the byte-level corpora.")
-    mlp_ratio: int = Field(4, gt=0)
+    width: int = Field(64, gt=0, le=MAX_WIDTH, description="Residual-stream width; a multiple of head_dim.")
+    depth: int = Field(2, gt=0, le=MAX_DEPTH, description="Number of transformer blocks.")
+    head_dim: int = Field(
+        16, gt=0, le=MAX_WIDTH, description="Dimension of each attention head (fixed as width grows)."
+    )
+    seq_len: int = Field(64, gt=0, le=MAX_SEQ_LEN, description="Context length in tokens.")
+    vocab_size: int = Field(256, gt=1, le=2**32, description="256 for the byte-level corpora; uint32 ids at most.")
+    mlp_ratio: int = Field(4, gt=0, le=MAX_MLP_RATIO, description="Hidden width of the MLP over the model's width.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -39,6 +47,13 @@ class ModelConfig(BaseModel):
     @property
     def n_heads(self) -> int:
         return self.width // self.head_dim
+
+    @property
+    def n_params(self) -> int:
+        """The number of parameters ``GPT(self)`` has, without building it."""
+        w = self.width
+        block = (4 + 2 * self.mlp_ratio) * w * w + 2 * w + 2 * self.head_dim
+        return 2 * self.vocab_size * w + self.depth * block + w
 
 
 @dataclass(frozen=True)

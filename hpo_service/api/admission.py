@@ -1,5 +1,6 @@
 """What a submitted spec may make the server do, by the server's own settings: import a trial function only if
-its name is allowed, and read data only under the data roots. A spec that asks for more is a 422."""
+its name is allowed, ask for sizes within the operator's limits, and train on data that is there, under the
+data roots, and fit for the model. A spec that asks for more is a 422 naming the field."""
 
 from __future__ import annotations
 
@@ -11,15 +12,23 @@ from fastapi.exceptions import RequestValidationError
 
 from hpo_service.api.deps import SettingsDep
 from hpo_service.api.spec_body import SpecBody
+from hpo_service.api.spec_limits import SpecLimits
 from hpo_service.engine.entrypoints import EntrypointError, check_allowed, load_trial
 from hpo_service.spec import SearchSpec
-from trainer.data import DataSource
+from trainer.data import DataError, DataSource, check_corpus
+
+DATA_LOC = ("body", "training", "data")
+ROOTS_RULE = (
+    "relative paths are resolved against the server's data roots, which an operator sets with "
+    "`hpo serve --data-root` or HPO_DATA_ROOTS"
+)
 
 
 def admitted_spec(spec: SpecBody, settings: SettingsDep) -> SearchSpec:
     """The spec as the server stores it, once the settings admit it."""
     check_trial_allowed(spec, settings.allowed_trials)
-    return with_data_within_roots(spec, settings.data_roots)
+    check_limits(spec, settings.limits)
+    return with_checked_data(spec, settings.data_roots)
 
 
 AdmittedSpec = Annotated[SearchSpec, Depends(admitted_spec)]
@@ -38,16 +47,80 @@ def check_trial_allowed(spec: SearchSpec, patterns: tuple[str, ...]) -> None:
         raise RequestValidationError([error]) from None
 
 
-def with_data_within_roots(spec: SearchSpec, roots: tuple[Path, ...]) -> SearchSpec:
-    """A spec may only make the workers read files under the server's data roots (symlinks resolved). The
-    path is stored absolute, so that workers, whatever their working directory, read the file checked here."""
+def check_limits(spec: SearchSpec, limits: SpecLimits) -> None:
+    """Every size of the spec within the operator's limits."""
+    errors = limits.violations(spec)
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def with_checked_data(spec: SearchSpec, roots: tuple[Path, ...]) -> SearchSpec:
+    """The spec with its data file's path resolved, once the data is found fit to train on (``check_corpus``).
+
+    A spec may only make the workers read files under the server's data roots (symlinks resolved); a relative
+    path is resolved against them, in turn. The path is stored absolute, so that workers, whatever their
+    working directory, read the file checked here. Errors show the path relative to its data root, never the
+    server's own absolute paths. A spec that names its own trial function is not held to what the built-in
+    trainer needs of its data: that function decides.
+    """
     source = DataSource.parse(spec.training.data)
     if source.path is None:
+        _check_data(spec, source, shown=str(source))
         return spec
-    resolved = source.path.expanduser().resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(root) for root in roots) or "none"
-        message = f"reads {resolved}, outside the server's data roots ({allowed}; see HPO_DATA_ROOTS)"
-        raise RequestValidationError([{"type": "data_root", "loc": ("body", "training", "data"), "msg": message}])
+    root, resolved = _locate(source, roots)
+    if source.kind == "text" and _exists(resolved) and resolved.is_dir():
+        _check_files_within(source, resolved, roots)
+    note = "" if source.path.expanduser().is_absolute() else f"; {ROOTS_RULE}"
+    _check_data(spec, source.at(resolved), shown=str(source.at(resolved.relative_to(root))), note=note)
     training = spec.training.model_copy(update={"data": str(source.at(resolved))})
     return spec.model_copy(update={"training": training})
+
+
+def _locate(source: DataSource, roots: tuple[Path, ...]) -> tuple[Path, Path]:
+    """The data root ``source`` reads under and its resolved path: the first root under which it exists,
+    else the first under which it would be."""
+    path = source.path.expanduser()
+    candidates = [path] if path.is_absolute() else [root / path for root in roots]
+    within = []
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        root = next((root for root in roots if resolved.is_relative_to(root)), None)
+        if root is not None:
+            if _exists(resolved):
+                return root, resolved
+            within.append((root, resolved))
+    if within:
+        return within[0]
+    raise _data_error(f"{source} is outside the server's data roots; {ROOTS_RULE}")
+
+
+def _check_files_within(source: DataSource, directory: Path, roots: tuple[Path, ...]) -> None:
+    """A ``text:`` directory reads every file under it: none may lead outside the data roots by a symlink."""
+    for file in directory.rglob("*"):
+        if file.is_file() and not any(file.resolve().is_relative_to(root) for root in roots):
+            raise _data_error(f"{source} holds {file.relative_to(directory)}, which leads outside the data roots")
+
+
+def _check_data(spec: SearchSpec, source: DataSource, *, shown: str, note: str = "") -> None:
+    if spec.execution.trial is not None:
+        return
+    try:
+        check_corpus(
+            source,
+            vocab_size=spec.model.vocab_size,
+            seq_len=spec.model.seq_len,
+            val_fraction=spec.training.val_fraction,
+        )
+    except DataError as exc:
+        raise _data_error(f"{shown} {exc}{note}") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long: as good as absent
+        return False
+
+
+def _data_error(message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "data", "loc": DATA_LOC, "msg": message}])

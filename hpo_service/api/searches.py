@@ -1,26 +1,47 @@
-"""``/api/searches``: submit, list and read searches and their generations; pause, resume, cancel; export."""
+"""``/api/searches``: submit, list, read and delete searches and their generations; pause, resume, cancel;
+export."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from pydantic import AfterValidator
 
 from hpo_service.api import spec_body
 from hpo_service.api.admission import AdmittedSpec
 from hpo_service.api.auth import require_token
-from hpo_service.api.deps import NOT_FOUND, CommandsDep, Offset, SearchDep, SessionDep
+from hpo_service.api.deps import NOT_FOUND, CommandsDep, Offset, SearchDep, SearchId, SessionDep, SettingsDep
 from hpo_service.api.schemas import GenerationOut, Problem, SearchCreated, SearchPage, SearchSummary
 from hpo_service.api.summaries import summaries
-from hpo_service.engine.commands import CommandError
+from hpo_service.engine.commands import CommandError, SearchNotFound
 from hpo_service.export import NoResult, build_export
 from hpo_service.statuses import SEARCH_COMMANDS, SearchStatus
-from hpo_service.store import queries
+from hpo_service.store import queries, writes
+from hpo_service.store.database import transaction
 from trainer.parameterisation import Shape
 
 router = APIRouter(prefix="/api/searches", tags=["searches"])
 AUTH = {401: {"model": Problem, "description": "HPO_API_TOKEN is set and the bearer token is missing or wrong."}}
 CommandName = Literal[tuple(SEARCH_COMMANDS)]  # type: ignore[valid-type]
+
+
+def _without_nul(text: str | None) -> str | None:
+    """No database stores a NUL character in a string (PostgreSQL refuses it; SQLite's LIKE ends the pattern
+    there, so that it would match every name)."""
+    if text is not None and "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
+NameFilter = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        description="Only names containing this text, in any case (``%`` and ``_`` are plain characters).",
+    ),
+    AfterValidator(_without_nul),
+]
 
 
 @router.post(
@@ -41,7 +62,7 @@ def create_search(spec: AdmittedSpec, commands: CommandsDep) -> SearchCreated:
 def list_searches(
     session: SessionDep,
     status: Annotated[SearchStatus | None, Query(description="Only searches in this status.")] = None,
-    name: Annotated[str | None, Query(max_length=200, description="Only names containing this.")] = None,
+    name: NameFilter = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Offset = 0,
 ) -> SearchPage:
@@ -89,6 +110,29 @@ def command_search(search: SearchDep, command: CommandName, commands: CommandsDe
     except CommandError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return SearchCreated(id=changed.id, status=changed.status)
+
+
+@router.delete(
+    "/{search_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Depends(require_token)],
+    responses={
+        **NOT_FOUND,
+        **AUTH,
+        409: {"model": Problem, "description": "The search has not ended, or its trials are still being stopped."},
+    },
+)
+def delete_search(search_id: SearchId, settings: SettingsDep) -> Response:
+    """Delete a search that has ended (cancel an active one first), with its generations, trials, their
+    learning curves and its optimizer state."""
+    try:
+        with transaction(settings.sessions) as session:
+            writes.delete_search(session, search_id)
+    except SearchNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except CommandError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

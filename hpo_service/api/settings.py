@@ -14,8 +14,9 @@ from starlette.applications import Starlette
 from hpo_service.engine.commands import Commands
 
 if TYPE_CHECKING:  # named for their types only: the dashboard's routes import the API's dependencies
+    from hpo_service.api.spec_limits import SpecLimits
     from hpo_service.dashboard.cache import AnswerCache
-    from hpo_service.engine.engine import Engine
+    from hpo_service.engine.lease import EngineCandidate
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,15 @@ class ServerSettings:
 
     sessions: sessionmaker[Session]
     commands: Commands  # the engine's command surface: all that the API may ask of it
-    engine: Engine | None  # the search loop, for its health; None when the app runs without it
+    candidate: EngineCandidate | None  # this server's bid for the engine lease, and its engine; None: API only
     dashboard_answers: AnswerCache  # the dashboard's aggregates, kept between polls
     api_token: str | None  # guards the mutating endpoints; None: nothing is checked
     data_roots: tuple[Path, ...]  # resolved folders that specs may make the workers read
     allowed_trials: tuple[str, ...]  # patterns of the trial functions specs may name
     cors_origins: tuple[str, ...]  # browser origins allowed to call the API, without a trailing slash
     max_body_bytes: int
+    allowed_hosts: tuple[str, ...]  # what a request's Host may name (hosts.allowed_hosts): loopback and more
+    limits: SpecLimits  # the largest sizes a spec may ask for (spec_limits)
 
 
 def attach(app: Starlette, settings: ServerSettings) -> None:

@@ -74,7 +74,10 @@ class Parallel(BaseModel):
     loss: list[float]
     trial_id: list[int]
     total: int = Field(description="Successful trials in all.")
-    colour_range: tuple[float, float] | None = Field(description="Lowest loss and the 90th percentile.")
+    colour_range: tuple[float, float] | None = Field(
+        description="The colour scale's ends: the lowest loss and the 90th percentile, widened about their middle "
+        "to at least 0.01 nats/token (or 0.5 % of the loss) when the losses are closer."
+    )
 
 
 class MultiplierCharts(BaseModel):

@@ -14,6 +14,9 @@ from hpo_service.store.models import Search
 
 MAX_LINES = 300  # trials drawn in the parallel coordinates: the best half of them, then the rest by rank
 MAX_AXES = 40  # coordinates drawn; beyond that, those most correlated with the loss
+COLOUR_QUANTILE = 0.9  # the colour scale ends here: a few outliers do not wash out the rest
+MIN_COLOUR_SPAN = 0.01  # nats/token: losses closer than this look alike, not at the scale's two ends
+MIN_RELATIVE_COLOUR_SPAN = 0.005  # of the loss, for losses far from 1
 RESIDUAL_COLUMN = "branch scale"
 
 
@@ -88,8 +91,19 @@ def _parallel(session: Session, search_id: int, names: list[str]) -> Parallel:
         loss=losses.tolist(),
         trial_id=[t.id for t in picked],
         total=len(ranked),
-        colour_range=(ranked[0].loss, ranked[int(0.9 * (len(ranked) - 1))].loss) if ranked else None,
+        colour_range=colour_range([t.loss for t in ranked]) if ranked else None,
     )
+
+
+def colour_range(losses: list[float]) -> tuple[float, float]:
+    """The loss colour scale's ends: the lowest loss to the 90th percentile, widened about its middle to a
+    minimum span, so that a few (nearly) equal losses get neighbouring colours, not the scale's two ends."""
+    low, high = min(losses), float(np.quantile(losses, COLOUR_QUANTILE))
+    span = max(MIN_COLOUR_SPAN, MIN_RELATIVE_COLOUR_SPAN * abs(low))
+    if high - low >= span:
+        return low, high
+    middle = (low + high) / 2
+    return middle - span / 2, middle + span / 2
 
 
 def _informative_axes(values: np.ndarray, losses: np.ndarray) -> list[int]:

@@ -7,6 +7,12 @@ trials are all final (tell, then ask the next), and (4) dispatches pending trial
 that hits a database error is dropped and rebuilt from the store on a later turn. Results that arrive while
 the store refuses writes (a restarting server, a full disk) are kept and written once it answers again, so
 no trial is trained twice for it.
+
+A write the store refuses for one search's own data (a value beyond its column, text it cannot hold) is no
+outage: waiting would not help, and every other search would wait with it. That search fails with the
+database's reason and its trials are stopped; results of other searches that were to be written with its own
+are written search by search. Only errors that say the store cannot take writes now (``OUTAGES``, or a probe
+of every table failing) make the engine wait and retry.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from pydantic import ValidationError
 from ray.exceptions import RayError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import exc as db_errors
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hpo_service.engine.executor import Event, Lost, RayExecutor, Resources, ensure_ray
+from hpo_service.engine.executor import Event, Lost, RayExecutor, Resources, ensure_ray, release_ray
 from hpo_service.engine.records import record_all
 from hpo_service.engine.runner import SearchRunner
 from hpo_service.statuses import FINAL_SEARCH, SearchStatus
@@ -32,6 +40,15 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 0.25  # how often the engine looks for searches changed through the API, unless woken
 IDLE_WAIT_S = 0.5
 MAX_BACKOFF_S = 5.0  # longest wait between attempts while the database refuses writes
+# Errors that say the store or the cluster cannot take work now, whoever's it is: the engine waits and retries.
+OUTAGES = (
+    db_errors.OperationalError,  # down, restarting, disk full, locked, a lost connection
+    db_errors.InterfaceError,
+    db_errors.InternalError,  # e.g. a read-only transaction (a standby promoted away)
+    db_errors.DisconnectionError,
+    db_errors.TimeoutError,  # no connection free in the pool
+    RayError,
+)
 
 
 class Engine:
@@ -41,12 +58,13 @@ class Engine:
         self.sessions = sessions
         self.executor_factory = executor_factory
         self.executor: RayExecutor | None = None
+        self.owns_ray = False  # this engine started or joined Ray, and leaves it when it stops
         self.runners: dict[int, SearchRunner] = {}
         self.paused: set[int] = set()
         self.owner: dict[int, int] = {}  # in-flight trial id -> search id
         self.error: str | None = None  # why the engine could not start, if it could not
         self.store_error: str | None = None  # why the last turn could not write to the store, until one can
-        self.unrecorded: list[Event] = []  # events that could not be written yet: kept until the store answers
+        self.unrecorded: list[tuple[int, Event]] = []  # (search, event) not written yet: kept until the store answers
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,7 +93,7 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            ensure_ray()
+            self.owns_ray = ensure_ray()
             self.executor = self.executor_factory()
         except Exception as exc:
             self.error = f"cannot start the executor: {type(exc).__name__}: {exc}"
@@ -113,6 +131,9 @@ class Engine:
                 writes.requeue(session, interrupted)
         except DBAPIError:
             log.warning("engine: could not write the last results; the next start re-runs those trials")
+        finally:
+            if self.owns_ray:  # before this thread ends: Ray's processes are SIGKILLed when it does (local_ray)
+                release_ray()
 
     # -- one turn of the loop ------------------------------------------------------------------------------------
 
@@ -125,10 +146,10 @@ class Engine:
         events = self.executor.poll(wait_s=0.05 if self.executor.in_flight else 0.0)
         touched = {self.owner[e.trial_id] for e in events if e.trial_id in self.owner}
         lost = {self.owner.get(e.trial_id) for e in events if isinstance(e, Lost)}
+        self.unrecorded += [(self.owner[e.trial_id], e) for e in events]  # every event is of a trial in flight
         for event in events:
             if not self.executor.tracks(event.trial_id):
                 self.owner.pop(event.trial_id, None)
-        self.unrecorded += events
         self._record()
         for search_id in lost & set(self.runners):  # the lost trial is pending again
             self.runners[search_id].may_have_pending = True
@@ -139,11 +160,33 @@ class Engine:
             self._wake.wait(IDLE_WAIT_S)
 
     def _record(self) -> None:
-        """Write the events not yet written, in one transaction; if the store refuses, they wait for the next."""
-        if self.unrecorded:
+        """Write the events not yet written, in one transaction. If the store refuses them for their data, write
+        them search by search instead; an outage keeps them all for the next turn."""
+        if not self.unrecorded:
+            return
+        try:
             with transaction(self.sessions) as session:
-                record_all(session, self.unrecorded)
-            self.unrecorded = []
+                record_all(session, [event for _, event in self.unrecorded])
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            self._record_search_by_search()
+        self.unrecorded = []
+
+    def _record_search_by_search(self) -> None:
+        """Each search's events in a transaction of its own: a search whose own events the store refuses fails
+        with the reason, and the others' are written. What is written leaves ``unrecorded`` at once, so that an
+        outage midway keeps exactly what is left."""
+        for search_id in dict.fromkeys(search_id for search_id, _ in self.unrecorded):
+            events = [event for owner, event in self.unrecorded if owner == search_id]
+            try:
+                with transaction(self.sessions) as session:
+                    record_all(session, events)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                self._fail(search_id, f"the store refused its trials' results: {describe(exc)}")
+            self.unrecorded = [(owner, event) for owner, event in self.unrecorded if owner != search_id]
 
     def _step(self, search_id: int) -> None:
         """End the runner's generation if it can have ended, then fill its free slots."""
@@ -165,57 +208,87 @@ class Engine:
             for dispatch in dispatches:
                 self.executor.submit(dispatch.trial_id, dispatch.payload, resources)
                 self.owner[dispatch.trial_id] = search_id
-        except (DBAPIError, RayError):  # the store or the cluster, not the search: rebuild and carry on
-            raise
         except Exception as exc:
+            if is_outage(exc):  # the store or the cluster, not the search: rebuild and carry on
+                raise
             log.exception("engine: search %d failed", search_id)
-            self._fail(search_id, f"{type(exc).__name__}: {exc}")
+            self._fail(search_id, describe(exc))
 
     def _in_flight(self, search_id: int) -> int:
         return sum(1 for owner in self.owner.values() if owner == search_id)
 
     def _sync(self) -> None:
-        """Match the runners to the searches' statuses in the store."""
+        """Match the runners to the searches' statuses in the store (also of searches whose runner an outage
+        dropped while their trials are in flight)."""
         self._last_sync = time.monotonic()
+        driven = set(self.runners) | set(self.owner.values())
         with transaction(self.sessions) as session:
-            searches = queries.searches_to_drive(session, list(self.runners))
+            searches = queries.searches_to_drive(session, list(driven))
         for search_id, status in searches:
-            if status in FINAL_SEARCH:
-                self._retire(search_id, status)
-            elif search_id not in self.runners:
-                self._load(search_id)
             if status == SearchStatus.PAUSED:
                 self.paused.add(search_id)
             else:
                 self.paused.discard(search_id)
+            if status in FINAL_SEARCH:
+                self._retire(search_id)
+            elif search_id not in self.runners:
+                self._load(search_id)
 
     def _load(self, search_id: int) -> None:
+        """Start driving an active search: it runs from now, and its runner is rebuilt from the store."""
+        runner = None
         try:
             with transaction(self.sessions) as session:
-                runner = SearchRunner.load(session, session.get(Search, search_id))
-                orphans = queries.running_trial_ids(session, search_id)
-                writes.requeue(session, [t for t in orphans if not self.executor.tracks(t)])
-                writes.start_search(session, search_id)
-        except DBAPIError:
-            raise
+                if writes.start_search(session, search_id):  # else it ended meanwhile (a cancel right after submit)
+                    runner = SearchRunner.load(session, session.get(Search, search_id))
+                    orphans = queries.running_trial_ids(session, search_id)
+                    writes.requeue(session, [t for t in orphans if not self.executor.tracks(t)])
         except Exception as exc:
+            if is_outage(exc):
+                raise
             log.exception("engine: cannot load search %d", search_id)
-            self._fail(search_id, f"cannot start the search: {type(exc).__name__}: {exc}")
+            self._fail(search_id, f"cannot start the search: {describe(exc)}")
             return
-        self.runners[search_id] = runner
+        if runner is None:
+            self._retire(search_id)
+        else:
+            self.runners[search_id] = runner
 
-    def _retire(self, search_id: int, status: str) -> None:
-        """Drop a search that ended; if it was cancelled, stop its trials and mark the unfinished ones."""
+    def _retire(self, search_id: int) -> None:
+        """Drop a search that ended: stop its trials in flight, and mark its unfinished trials cancelled."""
         self.runners.pop(search_id, None)
+        self.paused.discard(search_id)
         mine = [t for t, owner in self.owner.items() if owner == search_id]
         self.executor.cancel(mine)
         for trial_id in mine:
             self.owner.pop(trial_id)
-        if status == SearchStatus.CANCELLED:
-            with transaction(self.sessions) as session:
-                writes.cancel_unfinished(session, search_id)
-
-    def _fail(self, search_id: int, error: str) -> None:
         with transaction(self.sessions) as session:
-            writes.fail_search(session, search_id, error)
-        self._retire(search_id, SearchStatus.FAILED)
+            writes.cancel_unfinished(session, search_id)
+
+    def _fail(self, search_id: int, reason: str) -> None:
+        """End the search as failed for ``reason`` (unless it ended otherwise meanwhile), and retire it. Written
+        together with a probe of every table, so that a store that refuses writes as such is never blamed on
+        one search: the probe's error propagates as an outage."""
+        with transaction(self.sessions) as session:
+            writes.probe_writes(session)
+            writes.fail_search(session, search_id, reason)
+        self._retire(search_id)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store or the cluster cannot take work now (down, full, read-only, locked, out of
+    connections, a lost node), rather than that one search's data, spec or optimizer is at fault."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OUTAGES)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` on one line; for a database error, the driver's type and first line (neither SQL nor
+    values); for a spec that no longer validates, each field and what is wrong with it."""
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {driver_message(exc)}"
+    if isinstance(exc, ValidationError):
+        fields = (f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
+        return f"{type(exc).__name__}: {'; '.join(fields)}"
+    return f"{type(exc).__name__}: {exc}"

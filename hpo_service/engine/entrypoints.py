@@ -39,8 +39,16 @@ def load_trial(name: str) -> TrialFn:
     module_name, _, attribute = name.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise EntrypointError(f"cannot import {name!r}: {exc}") from None
+    except Exception as exc:  # importing runs the module's code, which may raise anything
+        raise EntrypointError(f"cannot import {name!r}: {_reason(exc)}") from None
     if not callable(function):
         raise EntrypointError(f"{name!r} is not callable")
     return function
+
+
+def _reason(exc: Exception) -> str:
+    """Why an import failed, without the server's file paths (an ``ImportError`` names the file it looked in)."""
+    if isinstance(exc, ImportError | AttributeError):
+        path = getattr(exc, "path", None)
+        return str(exc).replace(f" ({path})", "") if path else str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -1,8 +1,8 @@
 """Running trials on Ray: one Ray task per trial, progress streamed back through a small inbox actor.
 
 Ray places each task by the resources it asks for (``cpus_per_trial``, ``gpus_per_trial``); locally the
-controller starts Ray in-process, ``RAY_ADDRESS`` joins a cluster. The executor only runs things and reports
-what happened, as events; deciding what they mean (retry, fail, tell) is the engine's job.
+controller starts its own Ray on loopback (``local_ray``), ``RAY_ADDRESS`` joins a cluster. The executor only
+runs things and reports what happened, as events; deciding what they mean (retry, fail, tell) is the engine's job.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from hpo_service.engine import local_ray
 from hpo_service.engine.entrypoints import TrialFn, load_trial
 
 log = logging.getLogger(__name__)
@@ -252,27 +253,27 @@ class RayExecutor:
         return events
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster at ``RAY_ADDRESS``, or start a local Ray on loopback, unless Ray is already up.
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Join the cluster at ``RAY_ADDRESS``, or start a local Ray on loopback (``local_ray``), unless Ray is up.
 
-    Without ``RAY_ADDRESS`` a new local Ray is always started: ``ray.init()`` alone would join whatever
-    cluster ``ray start`` last started on this machine, even one long dead.
+    Returns whether this call connected, and so whether the caller should ``release_ray`` when it is done. A
+    cluster binds where its operator started it; only a local Ray is kept to this machine.
     """
     if ray.is_initialized():
-        return
+        return False
     address = os.environ.get("RAY_ADDRESS")
-    if address and address.startswith("ray://"):  # Ray client: the controller is not a node of the cluster
+    if not address:
+        local_ray.start(num_cpus)
+    elif address.startswith("ray://"):  # Ray client: the controller is not a node of the cluster
         ray.init(address=address, namespace="hpo")
-        return
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "namespace": "hpo"}
-    if address:
-        ray.init(address=address, **options)
     else:
-        # A node on loopback, not the machine's routable address. Ray reads this setting when it is imported:
-        # the processes it starts inherit the variable, and this process, which imported Ray long ago, is told
-        # through the constant that Ray's address lookup reads at each call.
-        from ray._private import ray_constants
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, namespace="hpo")
+    return True
 
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
-        ray.init(address="local", num_cpus=num_cpus, **options)
+
+def release_ray() -> None:
+    """Undo ``ensure_ray``: a local Ray stops with every process of it; a cluster stays up, this driver leaves."""
+    if os.environ.get("RAY_ADDRESS"):
+        ray.shutdown()
+    else:
+        local_ray.stop()

@@ -59,7 +59,7 @@ def _result(event: Finished) -> tuple[writes.FinishedTrial, list[tuple[int, int,
         tokens=result.get("tokens"),
         tokens_per_s=_finite(result.get("tokens_per_s")),
         wall_time_s=_finite(result.get("wall_time_s")),
-        error=result.get("reason"),
+        error=None if result.get("reason") is None else str(result["reason"]),
         node=event.node[:64] if event.node else None,
         worker=event.worker[:128] if event.worker else None,
     )

@@ -5,17 +5,27 @@ writes those candidates as trial rows; the trial rows are the tell log. So a sea
 the store alone: load the last snapshot, and the candidates of its generation are exactly the rows whose
 outcomes still have to be told. A generation ends (all its trials final) in one transaction that also asks
 and persists the next one, so a restart never sees half a step.
+
+A search whose trials all fail ends ``failed``, with the commonest error as its reason, at the first of:
+- a generation in which every trial failed (an error, a timeout, a worker lost beyond its retries): what
+  fails every candidate alike (missing data, a broken trial function, too little memory) fails the next
+  generation too, so the search stops there rather than spend its budget on failures;
+- its last generation, if no trial of the search succeeded (every one failed or diverged): there is no
+  candidate to export.
+A generation where some trials failed and others diverged or succeeded is told as usual, and the search goes on.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from hpo_service.engine.policy import GenerationalPolicy, Outcome
 from hpo_service.spec import SearchSpec
+from hpo_service.statuses import TrialStatus
 from hpo_service.store import queries, writes
 from hpo_service.store.models import Search, Trial
 from trainer.config import TrainConfig
@@ -39,6 +49,7 @@ class SearchRunner:
         self.train_config = spec.train_config()
         self.config = self.train_config.model_dump(mode="json")
         self.may_have_pending = True  # False once a dispatch found fewer pending trials than free slots
+        self.finished = False  # True once it ended the search: completed, or failed by its trials
 
     @classmethod
     def load(cls, session: Session, search: Search) -> SearchRunner:
@@ -49,10 +60,6 @@ class SearchRunner:
         runner = cls(search.id, search.spec, GenerationalPolicy.from_spec(search.spec))
         runner._ask(session)
         return runner
-
-    @property
-    def finished(self) -> bool:
-        return self.policy.finished
 
     def pending(self, session: Session, limit: int) -> list[Dispatch]:
         """Up to ``limit`` pending trials of the current generation, marked running (the caller submits them)."""
@@ -68,7 +75,8 @@ class SearchRunner:
         return payload
 
     def advance(self, session: Session) -> bool:
-        """If the current generation is complete: tell it, then ask the next or complete the search."""
+        """If the current generation is complete: tell it, then fail the search if its trials all failed (see
+        the module's docstring), else ask the next generation or complete the search."""
         generation = self.policy.generation
         if queries.ended_trials(session, self.search_id, generation) < self.policy.trials_per_generation:
             return False
@@ -85,11 +93,31 @@ class SearchRunner:
             failed=told.failed,
         )
         writes.end_generation(session, self.search_id, generation, summary)
-        if self.policy.finished:
+        failure = self._failure(session, rows)
+        if failure is not None:
+            writes.fail_search(session, self.search_id, failure)
+        elif self.policy.finished:
             writes.complete_search(session, self.search_id)
         else:
             self._ask(session)
+        self.finished = failure is not None or self.policy.finished
         return True
+
+    def _failure(self, session: Session, generation: list[Trial]) -> str | None:
+        """Why the search fails now that ``generation`` has been told, if it does: every trial of the generation
+        failed, or the search is over and none of its trials succeeded."""
+        if all(row.status == TrialStatus.FAILED for row in generation):
+            errors = Counter(_outcome(row.status, row.error) for row in generation)
+            error, trials = errors.most_common(1)[0]
+            number, total = self.policy.generation, len(generation)
+            return f"all {total} trials of generation {number} failed: {error} ({trials} of {total})"
+        if not self.policy.finished:
+            return None
+        if queries.trial_counts(session, [self.search_id])[self.search_id][TrialStatus.SUCCEEDED]:
+            return None
+        unsuccessful = queries.unsuccessful_errors(session, self.search_id)
+        commonest, total = unsuccessful[0], sum(row.trials for row in unsuccessful)
+        return f"no trial succeeded: {_outcome(commonest.status, commonest.error)} ({commonest.trials} of {total})"
 
     def _ask(self, session: Session) -> None:
         """Ask a population, and persist it with the policy's snapshot in the caller's transaction."""
@@ -114,6 +142,13 @@ class SearchRunner:
         writes.add_generation(
             session, self.search_id, self.policy.generation, trials, self.spec.optimizer.name, snapshot
         )
+
+
+def _outcome(status: str, error: str | None) -> str:
+    """A trial's error as a search's reason says it: a diverged trial's reason is marked as a divergence."""
+    if status == TrialStatus.DIVERGED:
+        return f"diverged: {error}" if error else "diverged"
+    return error or f"{status} without a reason"
 
 
 def _median(values: list[float]) -> float | None:

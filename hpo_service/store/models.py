@@ -1,4 +1,5 @@
-"""The ORM: searches, their generations and trials, trial progress, and each search's optimizer state.
+"""The ORM: searches, their generations and trials, trial progress, each search's optimizer state, and the
+lease that names the one engine driving them.
 
 The trial rows are also the optimizer's tell log: together with the state snapshot taken when a generation
 was asked, they restore a search exactly (see ``hpo_service.engine.runner``).
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -90,7 +92,7 @@ class Trial(Base):
     generation: Mapped[int] = mapped_column(Integer)
     index: Mapped[int] = mapped_column(Integer)
     replicate: Mapped[int] = mapped_column(Integer, default=0)
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=TrialStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     vector: Mapped[list] = mapped_column(JSON)  # the optimizer's coordinates, log2 units
@@ -99,7 +101,7 @@ class Trial(Base):
     loss: Mapped[float | None] = mapped_column(Float)  # final validation loss; None unless succeeded
     train_loss: Mapped[float | None] = mapped_column(Float)
     steps: Mapped[int | None] = mapped_column(Integer)
-    tokens: Mapped[int | None] = mapped_column(Integer)
+    tokens: Mapped[int | None] = mapped_column(BigInteger)  # a 10B-token trial overflows 32 bits
     tokens_per_s: Mapped[float | None] = mapped_column(Float)
     wall_time_s: Mapped[float | None] = mapped_column(Float)
     node: Mapped[str | None] = mapped_column(String(64))
@@ -132,3 +134,18 @@ class OptimizerState(Base):
     optimizer: Mapped[str] = mapped_column(String(32))
     state: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EngineLease(Base):
+    """Which server's engine drives the searches: taken, renewed and checked against the database's clock only
+    (``store.writes.acquire_lease``), so that servers on different hosts need not agree on the time."""
+
+    __tablename__ = "engine_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))  # a random id per server process
+    host: Mapped[str] = mapped_column(String(255))  # where the holder runs, for display
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    renewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

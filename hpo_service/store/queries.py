@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import Row, Select, Subquery, case, func, or_, select
+from sqlalchemy import Row, Select, Subquery, case, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from hpo_service.statuses import ACTIVE_SEARCH, FINAL_TRIAL, TRIAL_OUTCOMES, GenerationStatus, TrialStatus
-from hpo_service.store.models import Generation, OptimizerState, ProgressPoint, Search, Trial
+from hpo_service.store.models import EngineLease, Generation, OptimizerState, ProgressPoint, Search, Trial
 
 TrialOrder = Literal["asked", "loss"]
 
@@ -53,6 +55,20 @@ def ended_trials(session: Session, search_id: int, generation: int) -> int:
         select(func.count()).where(
             Trial.search_id == search_id, Trial.generation == generation, Trial.status.in_(FINAL_TRIAL)
         )
+    )
+
+
+def unsuccessful_errors(session: Session, search_id: int) -> list[Row]:
+    """``status, error, trials``: the search's trials that ended without succeeding (failed or diverged),
+    grouped by status and error text, the commonest first (ties: the first to be asked)."""
+    trials = func.count().label("trials")
+    return list(
+        session.execute(
+            select(Trial.status, Trial.error, trials)
+            .where(Trial.search_id == search_id, Trial.status.in_((TrialStatus.FAILED, TrialStatus.DIVERGED)))
+            .group_by(Trial.status, Trial.error)
+            .order_by(trials.desc(), func.min(Trial.id))
+        ).all()
     )
 
 
@@ -122,12 +138,13 @@ def generations_completed(session: Session, search_ids: Sequence[int]) -> dict[i
 def searches_page(
     session: Session, status: str | None, name: str | None, limit: int, offset: int
 ) -> tuple[int, list[Search]]:
-    """Searches, newest first, optionally of one status and with ``name`` in their name."""
+    """Searches, newest first, optionally of one status and with ``name`` in their name (ignoring case; ``%``
+    and ``_`` are matched as themselves)."""
     query = select(Search)
     if status:
         query = query.where(Search.status == status)
     if name:
-        query = query.where(Search.name.contains(name, autoescape=True))
+        query = query.where(Search.name.icontains(name, autoescape=True))
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     return total, list(session.scalars(query.order_by(Search.id.desc()).limit(limit).offset(offset)))
 
@@ -229,3 +246,57 @@ def curves(session: Session, trial_ids: Sequence[int]) -> dict[int, list[Row]]:
     for row in rows:
         result[row.trial_id].append(row)
     return result
+
+
+# -- the engine lease ----------------------------------------------------------------------------------------------
+
+
+def database_now(session: Session) -> datetime:
+    """The database's clock, in UTC: the one clock every server sharing the store reads, whatever its own says.
+
+    PostgreSQL's ``clock_timestamp()`` (``now()`` stands still for the whole transaction). SQLite's clock is
+    its host's, to the millisecond; every server sharing a SQLite file runs on that host.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        now = datetime.fromisoformat(session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")))
+    else:
+        now = session.scalar(select(func.clock_timestamp()))
+    return _utc(now)
+
+
+def holds_lease(session: Session, name: str, holder: str) -> bool:
+    """Whether ``holder`` holds the lease ``name`` now, by the database's clock.
+
+    Asked at the end of a transaction, the answer holds until it commits: on PostgreSQL the lease's row stays
+    share-locked (``FOR SHARE``), so no one can take the lease meanwhile; on SQLite a transaction that has
+    written holds the database's only write lock, to the same effect.
+    """
+    now = database_now(session)
+    held = select(EngineLease.name).where(
+        EngineLease.name == name, EngineLease.holder == holder, EngineLease.expires_at > now
+    )
+    return session.scalar(held.with_for_update(read=True)) is not None
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    holder: str
+    host: str
+    pid: int
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_in_s: float  # by the database's clock; negative once it has expired
+
+
+def lease(session: Session, name: str) -> LeaseState | None:
+    """Who holds the lease ``name`` (or last held it) and for how long yet; None if no server ever took it."""
+    row = session.get(EngineLease, name)
+    if row is None:
+        return None
+    expires_in_s = (_utc(row.expires_at) - database_now(session)).total_seconds()
+    return LeaseState(row.holder, row.host, row.pid, _utc(row.acquired_at), _utc(row.renewed_at), expires_in_s)
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; SQLite hands back the UTC times it stores without a zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -1,20 +1,34 @@
 """Every write the service makes, each a named function in the caller's transaction (reads: ``queries``).
 
 The engine, the API's commands and the benches call these; no SQL that changes the store lives elsewhere.
-Writes that finish a trial only touch trials still running, so a cancelled trial stays cancelled and a final
-status never changes again.
+A final status never changes again: every write of a search's status is one conditional UPDATE (``WHERE
+status`` is still active, or still one the command moves from), and writes that finish a trial only touch
+trials still running. The condition is checked by the database as it writes, so a cancel that commits while
+the engine is between reading a search and writing it is never overwritten (PostgreSQL re-checks the
+condition on the row it waited for; SQLite has one writer at a time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, false, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from hpo_service.statuses import SEARCH_COMMANDS, GenerationStatus, SearchStatus, TrialStatus
-from hpo_service.store.models import Generation, OptimizerState, ProgressPoint, Search, Trial, utcnow
+from hpo_service.statuses import (
+    ACTIVE_SEARCH,
+    FINAL_SEARCH,
+    SEARCH_COMMANDS,
+    UNFINISHED_TRIAL,
+    GenerationStatus,
+    SearchStatus,
+    TrialStatus,
+)
+from hpo_service.store import queries
+from hpo_service.store.models import EngineLease, Generation, OptimizerState, ProgressPoint, Search, Trial, utcnow
 
 
 class CommandError(Exception):
@@ -64,34 +78,58 @@ def apply_command(session: Session, search_id: int, command: str) -> Search:
     """Pause, resume or cancel (``statuses.SEARCH_COMMANDS``); a search already in the target status is left
     as it is."""
     allowed, target = SEARCH_COMMANDS[command]
-    search = session.get(Search, search_id, with_for_update=True)
+    values = {"status": target} | ({"finished_at": utcnow()} if target in FINAL_SEARCH else {})
+    changed = _set_search(session, search_id, allowed, **values)
+    search = session.get(Search, search_id, populate_existing=True)
     if search is None:
         raise SearchNotFound(f"no search with id {search_id}")
-    if search.status != target:
-        if search.status not in allowed:
-            raise CommandError(f"cannot {command} a search that is {search.status}")
-        search.status = target
-        if target == SearchStatus.CANCELLED:
-            search.finished_at = utcnow()
+    if not changed and search.status != target:
+        raise CommandError(f"cannot {command} a search that is {search.status}")
     return search
 
 
-def start_search(session: Session, search_id: int) -> None:
-    """A queued search runs from now; a resumed one keeps its first start time."""
-    search = session.get(Search, search_id)
-    search.started_at = search.started_at or utcnow()
-    if search.status == SearchStatus.QUEUED:
-        search.status = SearchStatus.RUNNING
+def start_search(session: Session, search_id: int) -> bool:
+    """A queued search runs from now (a paused one stays paused; a resumed one keeps its first start time).
+    False if the search has ended (cancelled right after it was submitted): then nothing is written."""
+    now = literal(utcnow(), Search.started_at.type)
+    running = case((Search.status == SearchStatus.QUEUED, SearchStatus.RUNNING.value), else_=Search.status)
+    return _set_search(
+        session, search_id, ACTIVE_SEARCH, status=running, started_at=func.coalesce(Search.started_at, now)
+    )
 
 
-def complete_search(session: Session, search_id: int) -> None:
-    search = session.get(Search, search_id)
-    search.status, search.finished_at = SearchStatus.COMPLETED, utcnow()
+def complete_search(session: Session, search_id: int) -> bool:
+    """The search ended as planned; False (nothing written) if it had ended otherwise meanwhile."""
+    return _set_search(session, search_id, ACTIVE_SEARCH, status=SearchStatus.COMPLETED, finished_at=utcnow())
 
 
-def fail_search(session: Session, search_id: int, error: str) -> None:
-    search = session.get(Search, search_id)
-    search.status, search.error, search.finished_at = SearchStatus.FAILED, error[:4000], utcnow()
+def fail_search(session: Session, search_id: int, error: str) -> bool:
+    """The search cannot go on, for the reason ``error``; False (nothing written) if it had ended meanwhile."""
+    values = {"status": SearchStatus.FAILED, "error": storable_text(error), "finished_at": utcnow()}
+    return _set_search(session, search_id, ACTIVE_SEARCH, **values)
+
+
+def _set_search(session: Session, search_id: int, statuses: Iterable[SearchStatus], **values: object) -> bool:
+    """Write ``values`` to the search if its status is one of ``statuses`` as the database writes it."""
+    changed = session.execute(
+        update(Search).where(Search.id == search_id, Search.status.in_(list(statuses))).values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    return changed.rowcount == 1
+
+
+def storable_text(text: str, limit: int = 4000) -> str:
+    """``text`` as every store can hold it: NUL bytes written as ``\\x00`` (PostgreSQL refuses them), lone
+    surrogates escaped (they are not UTF-8), at most ``limit`` characters."""
+    return text[:limit].replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def probe_writes(session: Session) -> None:
+    """A write that changes nothing, to every table the engine writes: it fails only if the store refuses
+    writes as such (read-only, no privilege, a missing table), never for one search's data."""
+    for model in (Search, Generation, Trial, ProgressPoint, OptimizerState):
+        key = next(iter(model.__table__.primary_key.columns))
+        session.execute(update(model.__table__).where(false()).values({key: key}))
 
 
 # -- generations ----------------------------------------------------------------------------------------------------
@@ -188,9 +226,10 @@ def record_lost_worker(session: Session, trial_id: int, reason: str, max_retries
         return
     session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id == trial_id))
     if trial.attempts <= max_retries:
-        trial.status, trial.error = TrialStatus.PENDING, f"worker lost, retrying: {reason}"
+        trial.status, trial.error = TrialStatus.PENDING, storable_text(f"worker lost, retrying: {reason}")
     else:
-        trial.status, trial.error, trial.finished_at = TrialStatus.FAILED, f"worker lost: {reason}", utcnow()
+        trial.status, trial.error = TrialStatus.FAILED, storable_text(f"worker lost: {reason}")
+        trial.finished_at = utcnow()
 
 
 _FINISH = (
@@ -221,8 +260,12 @@ def record_results(
     """Finish running trials (one executemany) and write their full ``curves``, which supersede the points
     streamed while they trained (dropped for the ``streamed`` trial ids)."""
     now = utcnow()
-    rows = [{f"new_{k}": v for k, v in vars(r).items() if k != "trial_id"} | {"trial_id": r.trial_id} for r in results]
-    session.connection().execute(_FINISH, [row | {"new_finished_at": now} for row in rows])
+    rows = [
+        {f"new_{k}": v for k, v in vars(r).items() if k != "trial_id"}
+        | {"trial_id": r.trial_id, "new_error": r.error and storable_text(r.error), "new_finished_at": now}
+        for r in results
+    ]
+    session.connection().execute(_FINISH, rows)
     if streamed:
         session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id.in_(list(streamed))))
     record_progress(session, curves)
@@ -236,3 +279,79 @@ def record_progress(session: Session, points: Sequence[tuple[int, int, dict[str,
     ]
     if rows:
         session.execute(insert(ProgressPoint), rows)
+
+
+# -- the engine lease: one engine drives the searches (``hpo_service.engine.lease``) ------------------------------
+# Every time is the database's clock (``queries.database_now``), so servers need not agree on theirs.
+
+
+def acquire_lease(session: Session, name: str, holder: str, host: str, pid: int, ttl_s: float) -> bool:
+    """Take the lease ``name`` for ``holder`` for ``ttl_s`` seconds unless another holder's has not expired;
+    whether ``holder`` holds it now. One conditional statement decides, so of servers racing for it, one wins."""
+    now = queries.database_now(session)
+    term = {"holder": holder, "host": host, "pid": pid, "acquired_at": now, "renewed_at": now}
+    term["expires_at"] = now + timedelta(seconds=ttl_s)
+    free = or_(EngineLease.holder == holder, EngineLease.expires_at <= now)
+    taken = session.execute(
+        update(EngineLease).where(EngineLease.name == name, free).values(**term),
+        execution_options={"synchronize_session": False},
+    )
+    if taken.rowcount == 1:
+        return True
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    first = dialect.insert(EngineLease).values(name=name, **term).on_conflict_do_nothing()
+    return session.execute(first.returning(EngineLease.name)).first() is not None  # the lease's first holder
+
+
+def renew_lease(session: Session, name: str, holder: str, ttl_s: float) -> bool:
+    """Extend ``holder``'s lease to ``ttl_s`` seconds from now; False if it is not ``holder``'s or has expired
+    (then the holder must take it again, as any other server would)."""
+    now = queries.database_now(session)
+    renewed = session.execute(
+        update(EngineLease)
+        .where(EngineLease.name == name, EngineLease.holder == holder, EngineLease.expires_at > now)
+        .values(renewed_at=now, expires_at=now + timedelta(seconds=ttl_s)),
+        execution_options={"synchronize_session": False},
+    )
+    return renewed.rowcount == 1
+
+
+def release_lease(session: Session, name: str, holder: str) -> None:
+    """End ``holder``'s lease now, so that another server takes it without waiting for it to expire."""
+    now = queries.database_now(session)
+    session.execute(
+        update(EngineLease)
+        .where(EngineLease.name == name, EngineLease.holder == holder, EngineLease.expires_at > now)
+        .values(expires_at=now),
+        execution_options={"synchronize_session": False},
+    )
+
+
+# -- deleting a search ----------------------------------------------------------------------------------------------
+
+
+def delete_search(session: Session, search_id: int) -> None:
+    """Delete a search that has ended, with its generations, trials, their curves and its optimizer state (the
+    foreign keys cascade). Refused while the search is active, and while any of its trials is pending or
+    running (a cancelled search whose trials the engine has yet to stop): the engine may still write for those.
+
+    One conditional DELETE checks and deletes, so nothing is added to the search in between. On PostgreSQL the
+    search's row and its trials are locked first, so that a transaction adding or claiming trials of it ends
+    before the check (SQLite has one writer at a time).
+    """
+    if session.scalar(select(Search.id).where(Search.id == search_id).with_for_update()) is None:
+        raise SearchNotFound(f"no search with id {search_id}")
+    session.execute(select(Trial.id).where(Trial.search_id == search_id).with_for_update())
+    unfinished = select(Trial.id).where(Trial.search_id == search_id, Trial.status.in_(UNFINISHED_TRIAL))
+    deleted = session.execute(
+        delete(Search).where(Search.id == search_id, Search.status.in_(FINAL_SEARCH), ~unfinished.exists()),
+        execution_options={"synchronize_session": False},
+    )
+    if deleted.rowcount == 1:
+        return
+    status = session.scalar(select(Search.status).where(Search.id == search_id))
+    if status is None:
+        raise SearchNotFound(f"no search with id {search_id}")
+    if status in ACTIVE_SEARCH:
+        raise CommandError(f"cannot delete a search that is {status}: cancel it first")
+    raise CommandError(f"search {search_id} is {status}, but its trials are still being stopped; try again shortly")

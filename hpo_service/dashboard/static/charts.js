@@ -285,8 +285,7 @@ export function spreadFigure(m) {
 export function parallelFigure(m) {
   const p = m.parallel;
   if (p.total === 0) return empty("no trial has succeeded yet");
-  const [cmin, top] = p.colour_range;
-  const cmax = top > cmin ? top : cmin + 1e-9;
+  const [cmin, cmax] = p.colour_range; // the server widens it to a sensible span
   const bands = VIRIDIS.map(() => ({ x: [], y: [], text: [], customdata: [] }));
   const line = (target, i) => {
     p.axes.forEach((name, a) => {
@@ -298,7 +297,7 @@ export function parallelFigure(m) {
     for (const key of ["x", "y", "text", "customdata"]) target[key].push(null); // a break between lines
   };
   p.loss.forEach((loss, i) => {
-    const share = Math.min(1, Math.max(0, (loss - cmin) / (cmax - cmin)));
+    const share = cmax > cmin ? Math.min(1, Math.max(0, (loss - cmin) / (cmax - cmin))) : 0.5;
     line(bands[Math.min(VIRIDIS.length - 1, Math.floor(share * VIRIDIS.length))], i);
   });
   const best = { x: [], y: [], text: [], customdata: [] };

@@ -1,5 +1,6 @@
 // One search, live: its summary is polled every 1.5 s; the charts of finished trials and the trial table are
-// re-read when the trial counts change, and the learning curves on every poll while trials are running.
+// re-read when the trial counts change, and the learning curves on every poll while trials are running. While
+// no trial has succeeded, a notice says why in place of the loss charts.
 import {
   addStatusOptions,
   age,
@@ -28,9 +29,11 @@ const api = `/api/searches/${searchId}`;
 const PAGE_SIZE = 25;
 const CONFIG = { displaylogo: false, responsive: true };
 const COMMAND_BUTTONS = document.querySelectorAll("button[data-command]");
+const LOSS_CHARTS = ["progress", "population", "heatmap", "spread", "parallel"];
 let plotly = null; // 4.7 MB to compile: run at the first chart, once the summary is on the page (it is preloaded)
 let lastCounts = null;
 let tablePage = 0;
+let commandStatus = null; // the status the last command's message names; the message goes when it changes
 
 async function draw(id, figure) {
   plotly ??= loadScript("/static/plotly.min.js").then(() => window.Plotly);
@@ -53,9 +56,50 @@ function renderSummary(search) {
   text("optimizer", search.optimizer);
   text("age", `${age(search.created_at)}${search.finished_at ? `, ended ${age(search.finished_at)} ago` : ""}`);
   const error = document.getElementById("error");
-  error.hidden = !search.error;
+  error.hidden = !search.error || noSuccess(search) != null; // the notice over the charts says it then
   error.textContent = search.error || "";
-  for (const button of COMMAND_BUTTONS) button.disabled = !search.commands.includes(button.dataset.command);
+  renderControls(search);
+}
+
+/** The commands the search's status allows; once it has ended, none, and a line saying how it ended. */
+function renderControls(search) {
+  const ended = search.finished_at != null;
+  for (const button of COMMAND_BUTTONS) {
+    button.hidden = ended;
+    button.disabled = !search.commands.includes(button.dataset.command);
+  }
+  const message = document.getElementById("control-message");
+  if (ended) {
+    message.className = "";
+    message.textContent =
+      `Ended ${age(search.finished_at)} ago: ${search.status}, ${search.ended} of ${search.budget} trials ended. ` +
+      "Nothing is left to pause, resume or cancel.";
+  } else if (commandStatus != null && search.status !== commandStatus) {
+    message.textContent = "";
+    commandStatus = null;
+  }
+}
+
+/** Why the loss charts have nothing to draw although trials have ended: none succeeded. Null once one has,
+ * or while none has ended. */
+function noSuccess(search) {
+  if (search.trials.succeeded > 0 || search.ended === 0) return null;
+  const none = `${search.ended} trials ended, none with a loss (their errors are in the trials table)`;
+  if (search.finished_at == null) return `No trial has succeeded yet: ${none}.`;
+  return `No trial succeeded: ${search.error || `${none}.`}`;
+}
+
+/** The notice in place of the loss charts (and of the curves, when none is running), or the charts. */
+function renderNoSuccess(search, message) {
+  const notice = document.getElementById("no-success");
+  notice.hidden = message == null;
+  notice.textContent = message || "";
+  for (const chart of LOSS_CHARTS) card(chart).hidden = message != null;
+  card("curves").hidden = message != null && search.trials.running === 0;
+}
+
+function card(chart) {
+  return document.getElementById(`chart-${chart}`).closest("figure");
 }
 
 async function refreshOutcomes() {
@@ -138,8 +182,11 @@ async function refresh() {
   renderSummary(search);
   const counts = JSON.stringify([search.status, search.trials]);
   const changed = counts !== lastCounts;
-  const work = changed ? [refreshOutcomes(), refreshMultipliers(), refreshTable()] : [];
-  if (changed || search.trials.running > 0) work.push(refreshCurves());
+  const failure = noSuccess(search);
+  renderNoSuccess(search, failure);
+  const work = changed ? [refreshTable()] : [];
+  if (changed && failure == null) work.push(refreshOutcomes(), refreshMultipliers());
+  if (!card("curves").hidden && (changed || search.trials.running > 0)) work.push(refreshCurves());
   await Promise.all(work);
   lastCounts = counts;
 }
@@ -152,6 +199,7 @@ async function command(name) {
   try {
     const result = await post(`${api}/${name}`);
     message.textContent = `${name}: the search is ${result.status}`;
+    commandStatus = result.status;
     renderSummary(await getJSON(api));
   } catch (error) {
     message.className = "error";
