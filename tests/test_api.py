@@ -360,6 +360,17 @@ def test_deleting_an_ended_search_removes_it_and_everything_of_it_and_nothing_el
     assert again.status_code == 404 and again.json()["detail"] == f"no search with id {deleted}"
 
 
+def test_a_deleted_search_and_its_trials_never_lend_their_ids_to_new_ones(client, sessions):
+    deleted = a_search_with_rows(sessions, SearchStatus.COMPLETED)  # the newest search and trials
+    with sessions() as session:
+        deleted_trials = set(session.scalars(select(Trial.id).where(Trial.search_id == deleted)))
+    assert client.delete(f"/api/searches/{deleted}").status_code == 204
+    new = a_search_with_rows(sessions, SearchStatus.COMPLETED)
+    with sessions() as session:
+        new_trials = set(session.scalars(select(Trial.id).where(Trial.search_id == new)))
+    assert new > deleted and min(new_trials) > max(deleted_trials)
+
+
 @pytest.mark.parametrize("status", [SearchStatus.QUEUED, SearchStatus.RUNNING, SearchStatus.PAUSED])
 def test_an_active_search_is_not_deleted(client, sessions, status):
     """Not even between two generations, when none of its trials is running."""

@@ -6,10 +6,7 @@ every ``renew_every_s``; the one that holds it runs the engine and renews the le
 ``ttl_s + renew_every_s``; a holder that stops cleanly releases it, and a standby takes it at once.
 
 Clocks: the lease's expiry is set and compared on the database's clock (``queries.database_now``), the one
-clock every server reads, so servers on different hosts need not agree on the time. The holder's own deadline
-runs on its monotonic clock from *before* each renewal was sent, so a slow answer, a stalled process or a
-jump of the wall clock can only make it stop earlier; the gap ``ttl_s - renew_deadline_s`` absorbs the time
-its engine takes to stop (and any difference in clock rates).
+clock every server reads, so servers on different hosts need not agree on the time.
 
 What is guaranteed:
 
@@ -18,11 +15,13 @@ What is guaranteed:
   last commit. An engine that lost the lease writes nothing, however late it notices, and the new holder's
   engine requeues the trials still marked running when it loads each search. Each result is stored once.
 - Execution, with a local Ray per server (the default): a holder that dies takes its local Ray with it (its
-  workers die with their server's process group), and a holder that cannot renew within ``renew_deadline_s``
-  (< ``ttl_s``) stops its engine, cancelling its trials, before another server can take the lease. So a trial
-  the new holder re-runs is no longer running elsewhere. A holder that is *paused* (SIGSTOP, a frozen VM)
-  cannot stop anything: its workers may finish trials the new holder re-runs; their results are refused
-  when it wakes.
+  workers die with their server's process group), so a trial the new holder re-runs is no longer running
+  elsewhere. A holder whose renewals go unanswered (the store restarting, a full disk: an outage every server
+  meets) keeps its trials running, since cancelling them would throw away their work for nothing; its engine
+  writes nothing meanwhile, and once the store answers it renews the lease, unless another server took it,
+  which it learns at that renewal, and then it stops its engine and cancels its trials. So only where this
+  one server is cut off from a store that others still reach (or is paused: SIGSTOP, a frozen VM) may a
+  trial run twice at once, after ``ttl_s``; its result is stored once, by the new holder.
 - Execution on a shared cluster (``RAY_ADDRESS``): the dead holder's trials are its Ray driver's tasks, which
   Ray ends only once it notices the driver gone: soon for a driver on a cluster node, after the client's
   reconnect grace (``RAY_CLIENT_RECONNECT_GRACE_PERIOD``, 30 s) for ``ray://``. Until then a trial may run
@@ -63,28 +62,23 @@ class ServerRole(StrEnum):
 
 @dataclass(frozen=True)
 class LeaseTiming:
-    """How long a lease lasts, how often it is renewed (and sought), and when a holder that could not renew
-    stops its engine. ``renew_every_s < renew_deadline_s < ttl_s``; the gap between the last two is the time
-    an engine has to stop before another may start."""
+    """How long a lease lasts and how often it is renewed (and sought): ``0 < renew_every_s < ttl_s``."""
 
     ttl_s: float = 15.0
     renew_every_s: float = 2.5
-    renew_deadline_s: float = 10.0  # a store that is away for less (a database restart) costs nothing
 
     def __post_init__(self) -> None:
-        if not 0 < self.renew_every_s < self.renew_deadline_s < self.ttl_s:
+        if not 0 < self.renew_every_s < self.ttl_s:
             raise ValueError(
-                "the engine lease needs 0 < HPO_LEASE_RENEW_S < HPO_LEASE_DEADLINE_S < HPO_LEASE_TTL_S, "
-                f"got {self.renew_every_s:g} s, {self.renew_deadline_s:g} s, {self.ttl_s:g} s"
+                "the engine lease needs 0 < HPO_LEASE_RENEW_S < HPO_LEASE_TTL_S, "
+                f"got {self.renew_every_s:g} s and {self.ttl_s:g} s"
             )
 
     @classmethod
     def from_environment(cls) -> LeaseTiming:
-        """``HPO_LEASE_TTL_S`` (default 15 s), ``HPO_LEASE_RENEW_S`` (a sixth of it) and ``HPO_LEASE_DEADLINE_S``
-        (two thirds of it)."""
+        """``HPO_LEASE_TTL_S`` (default 15 s) and ``HPO_LEASE_RENEW_S`` (a sixth of it)."""
         ttl_s = float(os.environ.get("HPO_LEASE_TTL_S", cls.ttl_s))
-        renew_s = float(os.environ.get("HPO_LEASE_RENEW_S", ttl_s / 6))
-        return cls(ttl_s, renew_s, float(os.environ.get("HPO_LEASE_DEADLINE_S", ttl_s * 2 / 3)))
+        return cls(ttl_s, float(os.environ.get("HPO_LEASE_RENEW_S", ttl_s / 6)))
 
 
 class LeaseLost(Exception):
@@ -107,9 +101,10 @@ class EngineCandidate:
         self.engine: Engine | None = None  # running while this server holds the lease
         self.error: str | None = None  # why this server's last engine stopped by itself, until one runs
         self._engine_sessions = fenced(sessions, self._holds, stall_limit_s=self.timing.ttl_s)
-        self._valid_until = 0.0  # time.monotonic() by which the engine must have stopped, unless renewed
+        self._valid_until = 0.0  # time.monotonic() when the lease expires unless renewed: then the log says so
         self._rest_until = 0.0  # after an engine stopped by itself, the lease is left to others until then
         self._store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo-lease-store")
+        self._unrenewed = False  # the store has not answered a renewal in time: said once in the log
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -145,9 +140,7 @@ class EngineCandidate:
                 log.exception("engine lease: unexpected error")
 
     def _pause(self) -> float:
-        if self.engine is None:
-            return self.timing.renew_every_s
-        return max(0.0, min(self.timing.renew_every_s, self._valid_until - time.monotonic()))
+        return self.timing.renew_every_s
 
     def _turn(self) -> None:
         if self.engine is None:
@@ -158,13 +151,18 @@ class EngineCandidate:
             self._rest_until = time.monotonic() + self.timing.ttl_s
             self._step_down(f"its engine stopped ({self.error})", release=True)
         else:
-            left_s = self._valid_until - time.monotonic()
-            renewed = self._ask(self._renew, left_s) if left_s > 0 else None  # None: no answer in time
+            renewed = self._ask(self._renew, self.timing.renew_every_s)  # None: the store did not answer
             if renewed is False:
                 self._step_down("another server holds the lease", release=False)
-            elif renewed is None and time.monotonic() >= self._valid_until:
-                why = f"the lease was not renewed within {self.timing.renew_deadline_s:g} s of its last renewal"
-                self._step_down(why, release=False)
+            elif renewed is None and time.monotonic() >= self._valid_until and not self._unrenewed:
+                self._unrenewed = True
+                log.warning(
+                    "engine lease: not renewed for %g s; this server's trials keep running, and its engine writes "
+                    "nothing until the store answers and the lease is still this server's",
+                    self.timing.ttl_s,
+                )
+            elif renewed:
+                self._unrenewed = False
 
     def _holds(self, session: Session) -> bool:
         return queries.holds_lease(session, LEASE, self.holder)
@@ -181,7 +179,7 @@ class EngineCandidate:
 
     def _ask(self, write: Callable[[Session], bool | None], limit_s: float) -> bool | None:
         """``write`` in a transaction of its own: its answer, or None if the store refused or did not answer
-        within ``limit_s``. A yes keeps the engine running until ``renew_deadline_s`` after it was asked."""
+        within ``limit_s``."""
         asked = time.monotonic()
         answer = self._store.submit(self._in_transaction, write)
         try:
@@ -193,7 +191,7 @@ class EngineCandidate:
             log.warning("engine lease: the store refused: %s", driver_message(exc))
             return None
         if yes:
-            self._valid_until = asked + self.timing.renew_deadline_s
+            self._valid_until = asked + self.timing.ttl_s
         return yes
 
     def _in_transaction(self, write: Callable[[Session], bool | None]) -> bool | None:

@@ -40,8 +40,12 @@ class Base(DeclarativeBase):
     pass
 
 
+NEVER_REUSED = {"sqlite_autoincrement": True}  # PostgreSQL's sequences never give an id twice; SQLite needs this
+
+
 class Search(Base):
     __tablename__ = "searches"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -85,6 +89,7 @@ class Trial(Base):
         UniqueConstraint("search_id", "generation", "index", "replicate"),
         Index("ix_trials_search_status", "search_id", "status"),
         Index("ix_trials_search_loss", "search_id", "loss"),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -304,12 +304,14 @@ def acquire_lease(session: Session, name: str, holder: str, host: str, pid: int,
 
 
 def renew_lease(session: Session, name: str, holder: str, ttl_s: float) -> bool:
-    """Extend ``holder``'s lease to ``ttl_s`` seconds from now; False if it is not ``holder``'s or has expired
-    (then the holder must take it again, as any other server would)."""
+    """Extend ``holder``'s lease to ``ttl_s`` seconds from now; False once another server has taken it. A lease
+    that expired while the store was away and that no one took is still ``holder``'s to renew: no other engine
+    can have driven meanwhile (taking the lease names its new holder), and ``holder``'s engine wrote nothing
+    while it had expired (``queries.holds_lease``)."""
     now = queries.database_now(session)
     renewed = session.execute(
         update(EngineLease)
-        .where(EngineLease.name == name, EngineLease.holder == holder, EngineLease.expires_at > now)
+        .where(EngineLease.name == name, EngineLease.holder == holder)
         .values(renewed_at=now, expires_at=now + timedelta(seconds=ttl_s)),
         execution_options={"synchronize_session": False},
     )

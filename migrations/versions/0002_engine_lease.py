@@ -1,4 +1,4 @@
-"""engine lease; 64-bit trial seeds and token counts
+"""engine lease; 64-bit trial seeds and token counts; SQLite never reuses a deleted search's or trial's id
 
 Revision ID: 0002
 Revises: 0001
@@ -29,9 +29,14 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
-    with _foreign_keys_off(), op.batch_alter_table("trials", schema=None) as batch_op:
-        batch_op.alter_column("seed", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
-        batch_op.alter_column("tokens", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=True)
+    never_reused = {"sqlite_autoincrement": True}  # without it, SQLite gives a deleted newest row's id again
+    rebuild = "always" if op.get_bind().dialect.name == "sqlite" else "auto"  # PostgreSQL: sequences never do
+    with _foreign_keys_off():
+        with op.batch_alter_table("searches", recreate=rebuild, table_kwargs=never_reused):
+            pass
+        with op.batch_alter_table("trials", recreate=rebuild, table_kwargs=never_reused) as batch_op:
+            batch_op.alter_column("seed", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
+            batch_op.alter_column("tokens", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=True)
 
 
 def downgrade() -> None:
@@ -44,8 +49,8 @@ def downgrade() -> None:
 
 @contextmanager
 def _foreign_keys_off() -> Iterator[None]:
-    """SQLite changes a column's type by rebuilding the table; with foreign keys enforced, dropping the old
-    ``trials`` would delete every progress point (``ON DELETE CASCADE``). The pragma takes effect only outside
+    """SQLite changes a table by rebuilding it; with foreign keys enforced, dropping the old ``searches`` or
+    ``trials`` would delete every row that refers to them (``ON DELETE CASCADE``). The pragma takes effect only outside
     a transaction, which is where a migration of an existing database stands until its first write."""
     bind = op.get_bind()
     if bind.dialect.name != "sqlite":
@@ -54,10 +59,10 @@ def _foreign_keys_off() -> Iterator[None]:
     bind.exec_driver_sql("PRAGMA foreign_keys=OFF")
     if (
         bind.exec_driver_sql("PRAGMA foreign_keys").scalar()
-        and bind.exec_driver_sql("SELECT 1 FROM progress_points LIMIT 1").first()
+        and bind.exec_driver_sql("SELECT 1 FROM searches LIMIT 1").first()
     ):
         raise RuntimeError(
-            "cannot rebuild trials: SQLite enforces foreign keys here, and progress points would be lost"
+            "cannot rebuild searches and trials: SQLite enforces foreign keys here, and rows would be lost"
         )
     try:
         yield
