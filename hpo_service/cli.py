@@ -214,6 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
     from hpo_service.api.app import create_app
     from hpo_service.api.hosts import HostPatternError
     from hpo_service.api.spec_limits import LimitError
+    from hpo_service.engine.lease import LeaseTimingError
 
     options = {"data_roots": args.data_roots, "allowed_trials": args.allowed_trials, "cors_origins": args.cors_origins}
     options |= {"allowed_hosts": args.allowed_hosts, "bind_host": args.host, "limits": args.limits}
@@ -223,6 +224,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise CLIError(f"{exc} (from --allowed-host or HPO_ALLOWED_HOSTS)") from None
     except LimitError as exc:
         raise CLIError(f"{exc} (from --limit or HPO_LIMITS)") from None
+    except LeaseTimingError as exc:
+        raise CLIError(str(exc)) from None
     logging.getLogger("uvicorn.access").addFilter(_without_query_string)  # uvicorn's log config keeps it
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

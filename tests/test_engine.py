@@ -8,7 +8,7 @@ import time
 
 import pytest
 import ray
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 import tests.trial_fns as trial_fns
 from hpo_service.engine.commands import Commands
@@ -227,6 +227,17 @@ def test_cancel_stops_running_trials_and_marks_the_rest_cancelled(sessions):
     engine.turn()
     assert not engine.executor.in_flight
     assert {t.status for t in trials_of(sessions, search.id)} == {"cancelled"}
+
+
+def test_a_search_deleted_before_the_engine_saw_it_end_is_dropped_and_its_trials_stopped(sessions):
+    search = Commands(sessions).create(tiny_spec())
+    engine = engine_on(sessions, trial_fns.hang)
+    run_until(engine, sessions, search.id, lambda s, x: s.scalar(select(Trial).where(Trial.status == "running")))
+    with sessions() as session, session.begin():  # as a cancel and a delete between two of the engine's syncs
+        session.execute(delete(Search).where(Search.id == search.id))
+    engine.wake()
+    engine.turn()
+    assert search.id not in engine.runners and not engine.executor.in_flight
 
 
 def test_the_local_ray_stays_on_loopback():

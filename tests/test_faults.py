@@ -59,7 +59,7 @@ PACED_SPEC = {**SPEC, "execution": {**SPEC["execution"], "trial": "tests.trial_f
 def logged_controller(db_url: str, tmp_path: Path) -> tuple[Controller, Path]:
     """A controller whose Ray workers (which inherit its environment) log every execution to the returned file."""
     log = tmp_path / "executions.jsonl"
-    env = {**ALLOW_TEST_TRIALS, EXECUTION_LOG: str(log)}
+    env = {**ALLOW_TEST_TRIALS, EXECUTION_LOG: str(log), "HPO_LEASE_TTL_S": "3"}  # a restart waits out the lease
     return Controller(db_url, tmp_path / "controller.log", env=env), log
 
 

@@ -108,3 +108,9 @@ def test_materialised_hps_for_another_depth_are_refused():
     for depth in (1, 3):
         with pytest.raises(ValueError, match=f"materialised for depth 2, the model has depth {depth}"):
             apply_to_model(GPT(ModelConfig(width=64, depth=depth)), hps)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_base_hps_refuse_non_finite_values_whoever_builds_them(value):
+    with pytest.raises(ValueError, match="lr"):
+        BaseHPs(lr=value)

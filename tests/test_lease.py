@@ -12,6 +12,8 @@ import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -355,3 +357,22 @@ def test_a_paused_holder_loses_the_lease_and_writes_nothing_once_it_wakes(db_url
         if int(t["worker"].rpartition(":")[2]) in workers and epoch(t["finished_at"]) > took_over
     ]
     assert not late, f"the paused server wrote results after it lost the lease: {late}"
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"HPO_LEASE_TTL_S": "soon"}, "HPO_LEASE_TTL_S must be a number of seconds, got 'soon'"),
+        ({"HPO_LEASE_TTL_S": "5", "HPO_LEASE_RENEW_S": "9"}, "needs 0 < HPO_LEASE_RENEW_S < HPO_LEASE_TTL_S"),
+    ],
+)
+def test_a_bad_lease_setting_stops_hpo_serve_with_one_line(tmp_path, variables, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo_service.cli", "serve", "--db", str(tmp_path / "hpo.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **variables},
+    )
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

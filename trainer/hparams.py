@@ -44,7 +44,7 @@ class BaseHPs(BaseModel):
     """The global hyperparameters, as tuned at the base shape. Checked when built, so it is also the
     ``base_hps`` section of a training config and of an export."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     lr: float = Field(0.01, gt=0)
     init_std: float = Field(0.02, gt=0)

@@ -98,6 +98,8 @@ class Engine:
         except Exception as exc:
             self.error = f"cannot start the executor: {type(exc).__name__}: {exc}"
             log.exception("engine: cannot start the executor")
+            if self.owns_ray:  # Ray started, the executor did not: stop Ray, or its agents linger for a minute
+                release_ray()
             return
         backoff = 0.0
         while not self._stop.is_set():
@@ -233,6 +235,8 @@ class Engine:
                 self._retire(search_id)
             elif search_id not in self.runners:
                 self._load(search_id)
+        for search_id in driven - {search_id for search_id, _ in searches}:  # deleted meanwhile
+            self._retire(search_id)
 
     def _load(self, search_id: int) -> None:
         """Start driving an active search: it runs from now, and its runner is rebuilt from the store."""

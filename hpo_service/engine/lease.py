@@ -69,7 +69,7 @@ class LeaseTiming:
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_every_s < self.ttl_s:
-            raise ValueError(
+            raise LeaseTimingError(
                 "the engine lease needs 0 < HPO_LEASE_RENEW_S < HPO_LEASE_TTL_S, "
                 f"got {self.renew_every_s:g} s and {self.ttl_s:g} s"
             )
@@ -77,8 +77,20 @@ class LeaseTiming:
     @classmethod
     def from_environment(cls) -> LeaseTiming:
         """``HPO_LEASE_TTL_S`` (default 15 s) and ``HPO_LEASE_RENEW_S`` (a sixth of it)."""
-        ttl_s = float(os.environ.get("HPO_LEASE_TTL_S", cls.ttl_s))
-        return cls(ttl_s, float(os.environ.get("HPO_LEASE_RENEW_S", ttl_s / 6)))
+        ttl_s = _seconds("HPO_LEASE_TTL_S", cls.ttl_s)
+        return cls(ttl_s, _seconds("HPO_LEASE_RENEW_S", ttl_s / 6))
+
+
+class LeaseTimingError(ValueError):
+    """The lease's timing, as configured, cannot work."""
+
+
+def _seconds(variable: str, default: float) -> float:
+    text = os.environ.get(variable)
+    try:
+        return default if text is None else float(text)
+    except ValueError:
+        raise LeaseTimingError(f"{variable} must be a number of seconds, got {text!r}") from None
 
 
 class LeaseLost(Exception):
