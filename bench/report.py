@@ -865,6 +865,40 @@ def read_replicas_setup() -> str:
     )
 
 
+@part("hostile_input", "hostile_input.json")
+def hostile_input_table() -> str:
+    """Per case, what each store's server answered: status and field, size, time, rows stored, and the slowest
+    ``/api/health`` answer meanwhile."""
+    by_case: dict[str, dict[str, dict]] = {}
+    for row in results("hostile_input.json")["rows"]:
+        by_case.setdefault(row["case"], {})[row["store"]] = row
+    rows = []
+    for case, stores in by_case.items():
+        answers = [stores[store] for store in STORES if store in stores]
+        if "loc" not in answers[0]:  # the closing check: a valid spec is still taken
+            rows.append([case, " / ".join(str(a["status"]) for a in answers), "", "", "", ""])
+            continue
+        stored = {tuple(a["stored"]) for a in answers}
+        rows.append(
+            [
+                case,
+                " / ".join(f"{a['status']} `{a['loc']}`" for a in answers),
+                " / ".join(size(a["answer_bytes"]) for a in answers),
+                " / ".join(num(1000 * a["seconds"], 0) for a in answers),
+                "nothing" if stored == {(0, 0)} else f"**{sorted(stored)}**",
+                " / ".join(num(a["health_max_ms"], 0) for a in answers),
+            ]
+        )
+    header = ["Case", "Answer: status, field (SQLite / PostgreSQL)", "Answer size", "Time (ms)", "Stored"]
+    return table([*header, "Slowest `/api/health` meanwhile (ms)"], rows)
+
+
+@part("hostile_input.tracebacks", "hostile_input.json")
+def hostile_input_tracebacks() -> str:
+    logs = {row["store"] for row in results("hostile_input.json")["rows"] if row.get("traceback_in_log")}
+    return "no traceback in either server's log" if not logs else f"**a traceback in the log** ({', '.join(logs)})"
+
+
 # -- rendering and checking ----------------------------------------------------------------------------------
 
 
