@@ -169,7 +169,8 @@ def run_cases(store: str, db: str, workdir: Path) -> list[dict]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(60)
-    traceback = "Traceback (most recent call last)" in log.read_text(errors="replace")
+    text = log.read_text(errors="replace")
+    traceback = text[text.index("Traceback (most recent call last)") :][:3000] if "Traceback (most" in text else None
     for row in rows:
         row["traceback_in_log"] = traceback
     return rows
@@ -208,6 +209,7 @@ def main() -> None:
                 with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
                     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+    machine["load_average_1min"] = os.getloadavg()[0]  # other work on the machine slows the health answers
     args.out.write_text(
         json.dumps({"machine": machine, "command": "python bench/hostile_input.py", "rows": rows}, indent=1)
     )

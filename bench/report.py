@@ -886,17 +886,19 @@ def hostile_input_table() -> str:
                 " / ".join(size(a["answer_bytes"]) for a in answers),
                 " / ".join(num(1000 * a["seconds"], 0) for a in answers),
                 "nothing" if stored == {(0, 0)} else f"**{sorted(stored)}**",
-                " / ".join(num(a["health_max_ms"], 0) for a in answers),
+                " / ".join(num(a["health_max_ms"], 0) for a in answers) if answers[0]["heavy"] else "",
             ]
         )
     header = ["Case", "Answer: status, field (SQLite / PostgreSQL)", "Answer size", "Time (ms)", "Stored"]
-    return table([*header, "Slowest `/api/health` meanwhile (ms)"], rows)
+    return table([*header, "Slowest `/api/health` meanwhile (ms), heaviest bodies"], rows)
 
 
 @part("hostile_input.tracebacks", "hostile_input.json")
 def hostile_input_tracebacks() -> str:
-    logs = {row["store"] for row in results("hostile_input.json")["rows"] if row.get("traceback_in_log")}
-    return "no traceback in either server's log" if not logs else f"**a traceback in the log** ({', '.join(logs)})"
+    data = results("hostile_input.json")
+    logs = {row["store"] for row in data["rows"] if row.get("traceback_in_log")}
+    verdict = "no traceback in either server's log" if not logs else f"**a traceback in the log** ({', '.join(logs)})"
+    return f"{verdict}; the machine's load average was {num(data['machine']['load_average_1min'], 1)}"
 
 
 # -- rendering and checking ----------------------------------------------------------------------------------

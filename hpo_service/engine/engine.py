@@ -97,7 +97,10 @@ class Engine:
             self.executor = self.executor_factory()
         except Exception as exc:
             self.error = f"cannot start the executor: {type(exc).__name__}: {exc}"
-            log.exception("engine: cannot start the executor")
+            if self._stop.is_set():  # the server stopped while Ray was starting: an interruption, not a fault
+                log.warning("engine: stopped while the executor was starting (%s)", self.error)
+            else:
+                log.exception("engine: cannot start the executor")
             if self.owns_ray:  # Ray started, the executor did not: stop Ray, or its agents linger for a minute
                 release_ray()
             return
