@@ -273,7 +273,7 @@ def test_a_stopped_holder_hands_the_engine_to_a_standby_at_once(sessions, local_
 
 # -- real servers on one database -----------------------------------------------------------------------------
 
-TTL_S = 6.0  # HPO_LEASE_TTL_S of the servers below: they renew every 1 s, and stop their engine after 4 s
+TTL_S = 6.0  # HPO_LEASE_TTL_S of the servers below: they renew every 1 s
 
 
 def two_servers(db_url: str, tmp_path: Path) -> tuple[Controller, Controller, Path]:
