@@ -10,14 +10,15 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hpo_service.engine.entrypoints import ENTRYPOINT
-from trainer.config import MAX_SEED, BoundedShape, Section, TrainConfig
+from trainer.config import MAX_BATCH_SIZE, MAX_SEED, MAX_TOKENS, BoundedShape, Section, TrainConfig
 from trainer.hparams import HP_NAMES, INIT_STD_MODULE_TYPES, RESIDUAL_BRANCHES, Multipliers
-from trainer.model import BLOCK_MODULE_TYPES, MODULE_TYPES
+from trainer.model import BLOCK_MODULE_TYPES, MAX_DEPTH, MAX_WIDTH, MODULE_TYPES
 
+FRESH_SEED_STRIDE = 100_000  # fresh seeds of phase k (re-evaluation of stage k, then validation) start here × (k+1)
 OptimizerName = Literal["cma", "diagonal_cma", "de", "oneplusone", "ngopt", "random", "trust_region"]
 MIN_POPULATION = {"cma": 2, "diagonal_cma": 2, "de": 4}  # recombination needs parents (DE: three others)
 MAX_TRIALS = 1_000_000  # population × generations × replicates: a search larger than this is a typo
@@ -161,14 +162,82 @@ class ExecutionSection(Section):
         return trial
 
 
+class StageSection(Section):
+    """One stage of a staged search: its own space and optimizer, centred on the previous stage's choice."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    search_space: SearchSpace = SearchSpace()
+    optimizer: OptimizerSection = OptimizerSection()
+
+
+class SelectionSection(Section):
+    """Fresh-seed selection: a stage's ``top`` candidates by search-time loss are re-trained on ``seeds`` new seeds,
+    and the best mean is chosen. ``top: 0`` chooses the best search-time loss, as a search without stages does."""
+
+    top: int = Field(3, ge=0, le=64, description="Candidates re-trained on fresh seeds; 0 turns selection off.")
+    seeds: int = Field(2, gt=0, le=16, description="Fresh seeds per re-trained candidate.")
+
+
+class TargetSection(Section):
+    """A shape to check the result at; what is not named stays at the proxy's shape."""
+
+    width: int | None = Field(None, gt=0, le=MAX_WIDTH)
+    depth: int | None = Field(None, gt=0, le=MAX_DEPTH)
+    batch_size: int | None = Field(None, gt=0, le=MAX_BATCH_SIZE)
+    tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
+    tokens_multiplier: int | None = Field(None, gt=0, le=1_000_000, description="Tokens as a multiple of the proxy's.")
+
+    @model_validator(mode="after")
+    def _names_something(self) -> TargetSection:
+        if not self.model_fields_set:
+            raise ValueError("name at least one of width, depth, batch_size, tokens, tokens_multiplier")
+        if self.tokens is not None and self.tokens_multiplier is not None:
+            raise ValueError("give tokens or tokens_multiplier, not both")
+        return self
+
+    def label(self) -> str:
+        """``width=128 depth=4``: the target as the API and the dashboard name it."""
+        return " ".join(f"{k}={v}" for k, v in self.model_dump(exclude_none=True).items())
+
+
+class ValidateSection(Section):
+    """The transfer check after the last stage: each arm trained at each target with ``seeds`` fresh seeds."""
+
+    targets: list[TargetSection] = Field(min_length=1, max_length=16)
+    seeds: int = Field(3, gt=0, le=16, description="Fresh seeds per arm and target.")
+
+
+class StartFrom(Section):
+    """Where the first stage is centred: another search's chosen HPs, or an export's multipliers."""
+
+    search: int | None = Field(None, gt=0, le=2**31 - 1, description="A search of this server with a result.")
+    export: dict | None = Field(None, description="An export document (hpo submit reads a file path given here).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StartFrom:
+        if (self.search is None) == (self.export is None):
+            raise ValueError("give exactly one of search or export")
+        return self
+
+
 class SearchSpec(TrainConfig):
     """A training configuration (the proxy's) plus what to search, with which optimizer, on what resources."""
+
+    model_config = ConfigDict(**Section.model_config, serialize_by_alias=True, validate_by_name=True)
 
     name: str = Field(min_length=1, max_length=200, description="Surrounding whitespace is stripped.")
     search_space: SearchSpace = SearchSpace()
     optimizer: OptimizerSection = OptimizerSection()
     execution: ExecutionSection = ExecutionSection()
     export_targets: list[BoundedShape] = Field(default_factory=list, max_length=64)
+    stages: list[StageSection] | None = Field(
+        None, min_length=1, max_length=16, description="Stages searched in turn, each centred on the last's choice."
+    )
+    selection: SelectionSection | None = Field(
+        None, description="Fresh-seed selection; on by default (top 3, 2 seeds) with stages or validate."
+    )
+    validate_: ValidateSection | None = Field(None, alias="validate")
+    start_from: StartFrom | None = None
 
     @field_validator("name")
     @classmethod
@@ -180,23 +249,93 @@ class SearchSpec(TrainConfig):
         return name.strip()
 
     @model_validator(mode="after")
+    def _stages_own_their_search(self) -> SearchSpec:
+        if self.stages is None:
+            return self
+        given = {"search_space", "optimizer"} & self.model_fields_set
+        if given:
+            raise field_error(
+                (sorted(given)[0],), "with stages, each stage gives its own search_space and optimizer", None
+            )
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise field_error(("stages",), f"stage names must differ, got {names}", names)
+        return self
+
+    @model_validator(mode="after")
     def _sane_budget(self) -> SearchSpec:
-        o = self.optimizer
-        if o.population * o.generations * o.replicates > MAX_TRIALS:
+        total = sum(o.population * o.generations * o.replicates for _, _, o in self.plan_stages())
+        if total > MAX_TRIALS:
             raise ValueError(
-                f"optimizer: population × generations × replicates is "
-                f"{o.population * o.generations * o.replicates:,}, above the limit of {MAX_TRIALS:,} trials"
+                f"optimizer: population × generations × replicates is {total:,}, above the limit of {MAX_TRIALS:,} "
+                "trials"
             )
         return self
 
     @model_validator(mode="after")
     def _trial_seeds_fit(self) -> SearchSpec:
-        """Replicate r of a candidate trains with seed ``training.seed + r``: the last must be a valid seed too."""
-        last = self.training.seed + self.optimizer.replicates - 1
+        """Replicate r of a candidate trains with seed ``training.seed + r``, and fresh seeds lie above every
+        stage's (``fresh_seeds``): the last must be a valid seed too."""
+        replicates = max(o.replicates for _, _, o in self.plan_stages())
+        last = self.training.seed + replicates - 1
+        if self.selection_section().top or self.validate_ is not None:
+            last = max(self.fresh_seeds(len(self.plan_stages()), 16))
         if last > MAX_SEED:
-            message = f"with {self.optimizer.replicates} replicates the trials' seeds reach {last}, above {MAX_SEED}"
+            message = f"the trials' seeds would reach {last}, above {MAX_SEED}"
             raise field_error(("training", "seed"), message, self.training.seed)
         return self
+
+    @model_validator(mode="after")
+    def _targets_are_trainable(self) -> SearchSpec:
+        if self.validate_ is not None:
+            for i, target in enumerate(self.validate_.targets):
+                try:
+                    self.target_config(target)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(part) for part in first["loc"])
+                    message = f"this target is not a trainable model ({where}: {first['msg']})"
+                    value = target.model_dump(exclude_none=True)
+                    raise field_error(("validate", "targets", i), message, value) from None
+        return self
+
+    def plan_stages(self) -> list[tuple[str, SearchSpace, OptimizerSection]]:
+        """``(name, search_space, optimizer)`` of each stage; a spec without stages has one, named ``search``."""
+        if self.stages is None:
+            return [("search", self.search_space, self.optimizer)]
+        return [(stage.name, stage.search_space, stage.optimizer) for stage in self.stages]
+
+    def selection_section(self) -> SelectionSection:
+        """The fresh-seed selection in force: as given, else on for staged or validated searches, else off."""
+        if self.selection is not None:
+            return self.selection
+        return SelectionSection() if self.stages is not None or self.validate_ is not None else SelectionSection(top=0)
+
+    def fresh_seeds(self, phase: int, count: int) -> list[int]:
+        """Seeds never used by a search trial: phase k < number of stages re-evaluates stage k; the last validates."""
+        first = self.training.seed + FRESH_SEED_STRIDE * (phase + 1)
+        return list(range(first, first + count))
+
+    def target_config(self, target: TargetSection) -> TrainConfig:
+        """The proxy's configuration at ``target``'s shape, with the proxy as its base shape, so that its HPs
+        are the proxy's carried over by the parameterisation's rules. Steps follow from the tokens and the
+        batch size; warm-up keeps its fraction of the run."""
+        proxy = self.train_config()
+        t = proxy.training
+        batch_size = target.batch_size or t.batch_size
+        tokens = target.tokens or proxy.shape().tokens * (target.tokens_multiplier or 1)
+        steps = max(1, round(tokens / (batch_size * proxy.model.seq_len)))
+        model = proxy.model.model_dump() | {
+            "width": target.width or proxy.model.width,
+            "depth": target.depth or proxy.model.depth,
+        }
+        training = t.model_dump() | {
+            "batch_size": batch_size,
+            "steps": steps,
+            "warmup_steps": round(t.warmup_steps * steps / t.steps),
+            "eval_every": max(1, steps // 20),  # the speed-up is read from these points
+        }
+        return TrainConfig.model_validate({**proxy.model_dump(), "model": model, "training": training})
 
     def train_config(self) -> TrainConfig:
         """The proxy's training configuration, with the base shape pinned to the proxy's own shape."""
@@ -204,14 +343,24 @@ class SearchSpec(TrainConfig):
         return TrainConfig(**sections).with_base_shape_pinned()
 
     def dimension(self) -> int:
+        """Entries of the top-level search space's vector (a spec without stages)."""
         return len(self.search_space.coordinates(self.model.depth))
 
     def multipliers(self, vector: list[float]) -> Multipliers:
+        """The ``Multipliers`` a top-level search-space vector stands for."""
         return self.search_space.multipliers(vector, self.model.depth)
+
+    def to_json(self) -> dict:
+        """The spec as stored, defaults filled in; the staged-search sections only where given, so that a spec
+        without them reads (and hashes) as it did before they existed; with stages, no top-level search."""
+        unset = {name for name in STAGED_SECTIONS if getattr(self, name) is None}
+        if self.stages is not None:  # each stage has its own
+            unset |= {"search_space", "optimizer"}
+        return self.model_dump(mode="json", exclude=unset)
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of the spec (defaults filled in): the provenance of a result."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -221,5 +370,8 @@ def field_error(loc: tuple[str | int, ...], message: str, value: object) -> Vali
     return ValidationError.from_exception_data("SearchSpec", [error])
 
 
+STAGED_SECTIONS = ("stages", "selection", "validate_", "start_from")
 # What a search spec adds to a training configuration (`hpo train` reads a spec past them).
-SEARCH_SECTIONS = tuple(field for field in SearchSpec.model_fields if field not in TrainConfig.model_fields)
+SEARCH_SECTIONS = tuple(
+    info.alias or name for name, info in SearchSpec.model_fields.items() if name not in TrainConfig.model_fields
+)

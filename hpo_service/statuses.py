@@ -43,3 +43,12 @@ SEARCH_COMMANDS: dict[str, tuple[frozenset[SearchStatus], SearchStatus]] = {
     "resume": (frozenset({SearchStatus.PAUSED}), SearchStatus.RUNNING),
     "cancel": (ACTIVE_SEARCH, SearchStatus.CANCELLED),
 }
+
+
+class TrialKind(StrEnum):
+    """Why a trial trains: to search, to re-train a stage's top candidates on fresh seeds before one is chosen,
+    or to check the chosen HPs at a larger target shape."""
+
+    SEARCH = "search"
+    REEVALUATION = "reevaluation"
+    VALIDATION = "validation"

@@ -14,7 +14,7 @@ import tests.trial_fns as trial_fns
 from hpo_service.engine.commands import Commands
 from hpo_service.engine.engine import Engine
 from hpo_service.engine.executor import RayExecutor
-from hpo_service.engine.policy import GenerationalPolicy
+from hpo_service.engine.plan import SearchPlan
 from hpo_service.spec import SearchSpec
 from hpo_service.store import queries
 from hpo_service.store.models import Generation, ProgressPoint, Search, Trial
@@ -81,9 +81,9 @@ def told_in_first_generation(sessions, search_id: int) -> list[float]:
     """What the optimizer was told for generation 0, sorted: read from Nevergrad's own archive in the policy
     snapshot taken after that tell (when generation 1 was asked)."""
     with sessions() as session:
-        policy = GenerationalPolicy.loads(queries.policy_snapshot(session, search_id))
-    assert policy.generation == 1
-    return sorted(value.mean for _, value in policy.optimizer.archive.items_as_arrays())
+        plan = SearchPlan.loads(queries.policy_snapshot(session, search_id))
+    assert plan.generation == 1
+    return sorted(value.mean for _, value in plan.policy.optimizer.archive.items_as_arrays())
 
 
 def test_a_search_trains_every_candidate_of_every_generation_once(sessions):

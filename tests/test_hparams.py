@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from trainer.hparams import BaseHPs, Multipliers, apply_to_model, interpolate_depth, materialise
+from trainer.config import ParameterisationSection, TrainConfig
+from trainer.hparams import (
+    NORM_GAIN_MODULE_TYPES,
+    BaseHPs,
+    Multipliers,
+    apply_to_model,
+    interpolate_depth,
+    materialise,
+)
 from trainer.model import BLOCK_MODULE_TYPES, GPT, MODULE_TYPES, ModelConfig
 from trainer.parameterisation import Parameterisation, Shape
 
@@ -14,7 +22,7 @@ BASE = Shape(width=64, depth=2, batch_size=16, tokens=100_000)
 
 
 def test_global_hps_at_the_base_shape_are_the_base_values():
-    hps = materialise(BASE_HPS, Multipliers(), Parameterisation("completed"), BASE, BASE)
+    hps = materialise(BASE_HPS, Multipliers(), Parameterisation("completed", decay_norm_gains=True), BASE, BASE)
     assert len(hps.groups) == 3 + len(BLOCK_MODULE_TYPES) * BASE.depth
     for g in hps.groups:
         assert (g.lr, g.init_std, g.weight_decay, g.beta1, g.beta2, g.eps) == pytest.approx(
@@ -50,6 +58,50 @@ def test_betas_stay_below_one_and_above_zero():
     q = hps.group("attn_q", 0)
     assert q.beta1 == 0.0
     assert 0.999 < q.beta2 < 1.0
+    assert hps.capped == (
+        "attn_q.beta1 (2 of 2 layers): 1-β scaled ×32 gives β=-2.2, capped at 0",
+        "attn_q.beta2 (2 of 2 layers): 1-β scaled ×9.09e-13 gives β=1, capped at 0.999999",
+    )
+
+
+def test_betas_capped_by_the_batch_and_duration_rule_are_named_once_per_module_type():
+    """Batch ×64 on a quarter of the tokens multiplies 1 - β by 256: every β falls below 0 and is capped."""
+    target = Shape(BASE.width, BASE.depth, BASE.batch_size * 64, BASE.tokens // 4)
+    hps = materialise(BASE_HPS, Multipliers(), Parameterisation("completed"), BASE, target)
+    assert hps.group("attn_q", 1).beta1 == 0.0
+    assert "attn_q.beta1 (2 of 2 layers): 1-β scaled ×256 gives β=-24.6, capped at 0" in hps.capped
+    assert "embedding.beta2: 1-β scaled ×256 gives β=-11.8, capped at 0" in hps.capped
+    assert len(hps.capped) == 2 * len(MODULE_TYPES)  # one line per module type and β, not one per layer
+
+
+def test_a_capped_beta_quotes_its_most_extreme_layer():
+    # 1 - β1 ×16 in layer 0 and ×32 in layer 1; 1 - β2 ×1 in layer 0 (in range) and ×32 in layer 1
+    mult = Multipliers(depth={"beta1": (4.0, 5.0), "beta2": (0.0, 5.0)})
+    hps = materialise(BASE_HPS, mult, Parameterisation("completed"), BASE, BASE)
+    assert hps.group("mlp_up", 0).beta2 == pytest.approx(0.95)
+    assert "mlp_up.beta1 (2 of 2 layers): 1-β scaled ×32 gives β=-2.2, capped at 0" in hps.capped
+    assert "mlp_up.beta2 (1 of 2 layers): 1-β scaled ×32 gives β=-0.6, capped at 0" in hps.capped
+
+
+def test_betas_the_rules_keep_in_range_are_not_reported():
+    target = Shape(BASE.width * 4, BASE.depth * 2, BASE.batch_size * 4, BASE.tokens * 4)
+    assert materialise(BASE_HPS, Multipliers(), Parameterisation("completed"), BASE, target).capped == ()
+
+
+def test_norm_gains_get_no_weight_decay_by_default():
+    hps = TrainConfig(base_hps=BASE_HPS).materialise(Multipliers(module={"norm_attn": {"weight_decay": 1.0}}))
+    assert NORM_GAIN_MODULE_TYPES == ("norm_attn", "norm_mlp", "q_norm", "k_norm", "final_norm")
+    for g in hps.groups:
+        expected = 0.0 if g.module_type in NORM_GAIN_MODULE_TYPES else 0.1
+        assert g.weight_decay == pytest.approx(expected), g
+
+
+def test_norm_gains_are_decayed_when_the_parameterisation_says_so():
+    config = TrainConfig(base_hps=BASE_HPS, parameterisation=ParameterisationSection(decay_norm_gains=True))
+    hps = config.materialise(Multipliers(module={"norm_attn": {"weight_decay": 1.0}}))
+    assert hps.group("norm_attn", 0).weight_decay == pytest.approx(0.2)
+    others = [hps.group(m, 1) for m in ("norm_mlp", "q_norm", "k_norm")] + [hps.group("final_norm")]
+    assert [g.weight_decay for g in others] == pytest.approx([0.1] * 4)
 
 
 def test_per_depth_multipliers_are_interpolated_in_relative_depth():
@@ -94,7 +146,7 @@ def test_apply_to_model_covers_every_parameter_once_and_initialises_by_group():
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())
     assert {module_type for g in groups for module_type, _ in g["modules"]} == set(MODULE_TYPES)
-    assert len(groups) == 1  # at the base shape, init aside, every group has the same settings: one group
+    assert len(groups) == 2  # at the base shape, init aside: the decayed weights and the undecayed norm gains
     out_std = model.blocks[0].attn.out.weight.std().item()
     assert out_std == pytest.approx(0.05 * 8, rel=0.05)
     assert model.blocks[1].mlp.up.weight.std().item() == pytest.approx(0.05, rel=0.05)

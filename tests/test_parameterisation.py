@@ -88,11 +88,22 @@ def test_doubling_tokens_at_fixed_batch_follows_the_reference_consequences():
     assert g.one_minus_beta2 == pytest.approx(1 / 2)  # beta2 0.95 -> 0.975
 
 
-def test_duration_exponent_is_a_parameter():
-    target = Shape(BASE.width, BASE.depth, BASE.batch_size, BASE.tokens * 8)
-    g = Parameterisation("completed", duration_exponent=0.3).scaling(BASE, target).groups["embedding"]
-    assert g.lr == pytest.approx(8**-0.3)
-    assert g.one_minus_beta1 == pytest.approx(1 / 8)  # the betas follow m_B/m_D whatever the exponent
+@pytest.mark.parametrize("exponent", [0.0, 0.3, 0.5])
+def test_batch_alone_scales_lr_wd_and_eps_by_its_square_root_whatever_the_duration_exponent(exponent):
+    target = Shape(BASE.width, BASE.depth, BASE.batch_size * 4, BASE.tokens)
+    scaling = Parameterisation("completed", duration_exponent=exponent).scaling(BASE, target)
+    for group in scaling.groups.values():
+        assert all_factors(group) == pytest.approx((1.0, 2.0, 1 / 2, 2.0, 4.0, 4.0))
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.3, 0.5])
+def test_tokens_alone_scale_lr_wd_and_eps_by_the_duration_exponent(exponent):
+    target = Shape(BASE.width, BASE.depth, BASE.batch_size, BASE.tokens * 4)
+    scaling = Parameterisation("completed", duration_exponent=exponent).scaling(BASE, target)
+    for group in scaling.groups.values():
+        s = 4**-exponent
+        # the betas follow m_B/m_D whatever the exponent
+        assert all_factors(group) == pytest.approx((1.0, s, 1 / s, s, 1 / 4, 1 / 4))
 
 
 def test_completep_differs_from_completed_exactly_where_the_paper_says():

@@ -20,7 +20,9 @@ TARGET = Shape(width=256, depth=4, batch_size=32, tokens=10_000_000)
 MULTIPLIERS = Multipliers(module={"mlp_down": {"lr": 1.0}, "attn_q": {"init_std": -0.5}}, residual={"attn": -1.0})
 PARAMETERISATIONS = {
     "the paper's": Parameterisation("completed", alpha=1.0, duration_exponent=0.5),
-    "depth-muP, shorter duration exponent": Parameterisation("completed", alpha=0.5, duration_exponent=0.3),
+    "depth-muP, shorter duration exponent, decayed norm gains": Parameterisation(
+        "completed", alpha=0.5, duration_exponent=0.3, decay_norm_gains=True
+    ),
 }
 PROVENANCE = {"search_id": 1, "search_name": "t", "spec_hash": "0" * 64, "generation": 0, "index": 0, "trial_ids": [1]}
 
@@ -42,12 +44,13 @@ def export_for(target: Shape, parameterisation: Parameterisation = PARAMETERISAT
 
 def by_hand(module_type: str, target: Shape, p: Parameterisation) -> dict[str, float]:
     """Table 1 of the paper, row by row, for the base HPs above times MULTIPLIERS (log2: mlp_down LR +1, attn_q
-    init std -0.5). ``s`` is sqrt(m_B / m_D) in the paper; ``duration_exponent`` generalises the square root."""
+    init std -0.5). ``s`` is sqrt(m_B / m_D) in the paper; ``duration_exponent`` generalises the square root of
+    1 / m_D, batch keeps its own. Norm gains (``q_norm`` here) are decayed only with ``decay_norm_gains``."""
     m_n = target.width / BASE_SHAPE.width
     m_l = target.depth / BASE_SHAPE.depth
     m_b = target.batch_size / BASE_SHAPE.batch_size
     m_d = target.tokens / BASE_SHAPE.tokens
-    s, a = (m_b / m_d) ** p.duration_exponent, p.alpha
+    s, a = m_b**0.5 * m_d**-p.duration_exponent, p.alpha
     betas = {"beta1": 1 - 0.1 * m_b / m_d, "beta2": 1 - 0.05 * m_b / m_d}  # (1 - β) scales by m_B / m_D
     rows = {
         "embedding": {"init_std": 0.02, "lr": 0.01 * s, "eps": 1e-8 / m_n / s, "weight_decay": 0.1 * s},
@@ -67,7 +70,7 @@ def by_hand(module_type: str, target: Shape, p: Parameterisation) -> dict[str, f
             "init_std": 0.02,
             "lr": 0.01 * m_l ** (a - 1) * s,
             "eps": 1e-8 * m_l**-a / s,
-            "weight_decay": 0.1 * s,
+            "weight_decay": 0.1 * s if p.decay_norm_gains else 0.0,
         },
         "unembedding": {"init_std": 0.02 / m_n, "lr": 0.01 / m_n * s, "eps": 1e-8 / s, "weight_decay": 0.1 * m_n * s},
     }
@@ -110,8 +113,34 @@ def test_the_base_section_reads_back_as_what_was_written():
 
 def test_a_parameterisation_without_exponents_reads_with_the_training_configs_defaults():
     export = export_for(TARGET)
-    export["base"]["parameterisation"] = {"name": "completed"}
+    export["base"]["parameterisation"] = {"name": "completed", "decay_norm_gains": False}
     assert load_export(export).tuned.parameterisation == Parameterisation("completed", 1.0, 0.5)
+
+
+def test_the_export_records_whether_norm_gains_are_decayed():
+    for parameterisation in PARAMETERISATIONS.values():
+        written = export_for(TARGET, parameterisation)["base"]["parameterisation"]
+        assert written["decay_norm_gains"] is parameterisation.decay_norm_gains
+
+
+def test_an_export_written_before_decay_norm_gains_existed_still_decays_its_norm_gains():
+    export = export_for(TARGET)
+    del export["base"]["parameterisation"]["decay_norm_gains"]
+    assert load_export(export).tuned.parameterisation.decay_norm_gains is True
+    model = GPT(ModelConfig(width=256, depth=4, head_dim=16, seq_len=64))
+    by_module = {key: group for group in apply_export(model, export) for key in group["modules"]}
+    assert by_module["q_norm", 2]["weight_decay"] == pytest.approx(0.1 * (2 / 10_000_000 * 61_440) ** 0.5)
+
+
+def test_the_target_section_warns_of_every_capped_beta_once_per_module_type():
+    """Batch ×64 on a quarter of the tokens: 1 - β ×256 puts every β below 0."""
+    capped = Shape(BASE_SHAPE.width, BASE_SHAPE.depth, BASE_SHAPE.batch_size * 64, BASE_SHAPE.tokens // 4)
+    export = export_for(capped)
+    jsonschema.validate(export, json.loads(EXPORT_SCHEMA.read_text()))
+    warnings = export["target"]["warnings"]
+    assert "attn_q.beta1 (2 of 2 layers): 1-β scaled ×256 gives β=-24.6, capped at 0" in warnings
+    assert len(warnings) == 2 * 13  # β1 and β2 of the 13 module types
+    assert export_for(TARGET)["target"]["warnings"] == []
 
 
 @pytest.mark.parametrize("parameterisation", PARAMETERISATIONS.values(), ids=PARAMETERISATIONS.keys())

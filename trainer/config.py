@@ -108,14 +108,22 @@ class ParameterisationSection(Section):
         _DEFAULT_PARAMETERISATION.alpha, ge=0.5, le=1.0, description="Depth exponent: 1 is CompleteP, 0.5 depth-μP."
     )
     duration_exponent: float = Field(
-        _DEFAULT_PARAMETERISATION.duration_exponent, ge=0, le=1, description="Power of m_B/m_D on LR, WD and ε."
+        _DEFAULT_PARAMETERISATION.duration_exponent,
+        ge=0,
+        le=1,
+        description="Power of 1/m_D (token budget) on LR, WD and ε; batch always scales them by √m_B.",
+    )
+    decay_norm_gains: bool = Field(
+        _DEFAULT_PARAMETERISATION.decay_norm_gains,
+        description="Apply weight decay to the norm gains (norm_attn, norm_mlp, q_norm, k_norm, final_norm); "
+        "off gives them none, as CompleteP's code does.",
     )
     base_shape: BoundedShape | None = Field(
         None, description="Shape the base HPs were tuned at; defaults to this config's own shape."
     )
 
     def to_parameterisation(self) -> Parameterisation:
-        return Parameterisation(self.name, self.alpha, self.duration_exponent)
+        return Parameterisation(self.name, self.alpha, self.duration_exponent, self.decay_norm_gains)
 
 
 class TrainConfig(Section):

@@ -3,8 +3,11 @@
 An export is plain JSON (``EXPORT_SCHEMA`` describes it). Its ``base`` section (``TunedHPs``) is what the search
 found: the global base HPs, the shape they were tuned at, the parameterisation and the per-module log2
 multipliers, each parsed by the same class a training config uses. Its ``target`` section materialises them
-for one target shape, for readers that only want the numbers. ``export_document`` writes an export from plain
-values; ``load_export`` reads one back (``trainer.transfer.apply_export`` re-materialises it for any model).
+for one target shape, for readers that only want the numbers, with a ``warnings`` line for every module
+type whose β the rules pushed out of [0, 1) and that was capped. ``export_document`` writes an export from
+plain values; ``load_export`` reads one back (``trainer.transfer.apply_export`` re-materialises it for any model).
+An export written before ``parameterisation.decay_norm_gains`` existed decayed its norm gains, so it reads as
+``true``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ class TunedHPs(Section):
     seq_len: int = Field(gt=0)
     vocab_size: int = Field(gt=1)
     multipliers: Multipliers
+
+    @field_validator("parameterisation", mode="before")
+    @classmethod
+    def _old_exports_decay_norm_gains(cls, parameterisation: object) -> object:
+        """A written parameterisation without ``decay_norm_gains`` predates it, when norm gains were decayed."""
+        if isinstance(parameterisation, Mapping) and "decay_norm_gains" not in parameterisation:
+            return {**parameterisation, "decay_norm_gains": True}
+        return parameterisation
 
     @field_validator("multipliers", mode="before")
     @classmethod
@@ -101,7 +112,8 @@ def export_document(tuned: TunedHPs, target: Shape, *, losses: Sequence[float], 
 
 def target_section(tuned: TunedHPs, target: Shape) -> dict:
     """Every parameter group's LR, init std, ε, weight decay, β1 and β2 at ``target``, plus the forward
-    multipliers and the number of steps (``target.tokens`` in batches of ``target.batch_size`` sequences)."""
+    multipliers, the number of steps (``target.tokens`` in batches of ``target.batch_size`` sequences) and
+    ``warnings``, one per module type and β that was capped (empty when none was)."""
     hps = tuned.materialise(target)
     return {
         "shape": vars(target),
@@ -121,6 +133,7 @@ def target_section(tuned: TunedHPs, target: Shape) -> dict:
             }
             for g in hps.groups
         ],
+        "warnings": list(hps.capped),
     }
 
 

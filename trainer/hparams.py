@@ -6,7 +6,9 @@ The value of hyperparameter h for a parameter of module type m in layer ℓ, at 
 
 where ``rule`` is the parameterisation's scaling (``trainer.parameterisation``) and the depth factor is the
 paper's type × depth factorisation, linearly interpolated in ℓ/L when the depth changes. β1 and β2 are
-multiplied through 1 − β. The residual-branch multiplier r of each block kind is a log2 multiplier too.
+multiplied through 1 − β and capped to [0, 1 − 1e-6]; ``MaterialisedHPs.capped`` names every capped β. Norm
+gains get no weight decay unless the parameterisation's ``decay_norm_gains`` is on. The residual-branch
+multiplier r of each block kind is a log2 multiplier too.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ SCALING_GROUP = {
     "final_norm": "final_norm",
     "unembedding": "unembedding",
 }
-# Norm gains start at one: the init-std hyperparameter only applies to weight matrices.
-INIT_STD_MODULE_TYPES = tuple(
-    m for m in MODULE_TYPES if SCALING_GROUP[m] not in ("hidden_vector", "qk_norm", "final_norm")
+NORM_GAIN_MODULE_TYPES = tuple(
+    m for m in MODULE_TYPES if SCALING_GROUP[m] in ("hidden_vector", "qk_norm", "final_norm")
 )
+# Norm gains start at one: the init-std hyperparameter only applies to weight matrices.
+INIT_STD_MODULE_TYPES = tuple(m for m in MODULE_TYPES if m not in NORM_GAIN_MODULE_TYPES)
 
 
 class BaseHPs(BaseModel):
@@ -133,13 +136,17 @@ class GroupHPs:
 
 @dataclass(frozen=True)
 class MaterialisedHPs:
-    """Concrete values for one model shape: per-group HPs and the forward multipliers."""
+    """Concrete values for one model shape: per-group HPs and the forward multipliers.
+
+    ``capped`` says, once per module type and β, where 1 − (1 − β)·factor left [0, 1 − 1e-6] and was capped.
+    """
 
     groups: tuple[GroupHPs, ...]
     residual_attn: float
     residual_mlp: float
     logit: float
     steps_multiplier: float
+    capped: tuple[str, ...] = ()
 
     def group(self, module_type: str, layer: int | None = None) -> GroupHPs:
         for g in self.groups:
@@ -158,21 +165,30 @@ def materialise(
     """Base HPs × per-module multipliers × the parameterisation's rules, for every group of the target model."""
     scaling = parameterisation.scaling(base_shape, target_shape)
     depth = target_shape.depth
-    groups = []
+    groups: list[GroupHPs] = []
+    caps: dict[tuple[str, str], list[_ScaledBeta]] = {}
     for module_type in MODULE_TYPES:
         rule = scaling.groups[SCALING_GROUP[module_type]]
+        decays = parameterisation.decay_norm_gains or module_type not in NORM_GAIN_MODULE_TYPES
         layers: list[int | None] = list(range(depth)) if module_type in BLOCK_MODULE_TYPES else [None]
         for layer in layers:
             factor = {hp: 2.0 ** multipliers.log2(module_type, hp, layer, depth) for hp in HP_NAMES}
+            betas = {
+                "beta1": _ScaledBeta(base.beta1, factor["beta1"] * rule.one_minus_beta1),
+                "beta2": _ScaledBeta(base.beta2, factor["beta2"] * rule.one_minus_beta2),
+            }
+            for hp, beta in betas.items():
+                if beta.is_capped:
+                    caps.setdefault((module_type, hp), []).append(beta)
             groups.append(
                 GroupHPs(
                     module_type=module_type,
                     layer=layer,
                     lr=base.lr * factor["lr"] * rule.lr,
                     init_std=base.init_std * factor["init_std"] * rule.init_std,
-                    weight_decay=base.weight_decay * factor["weight_decay"] * rule.weight_decay,
-                    beta1=_scale_beta(base.beta1, factor["beta1"] * rule.one_minus_beta1),
-                    beta2=_scale_beta(base.beta2, factor["beta2"] * rule.one_minus_beta2),
+                    weight_decay=base.weight_decay * factor["weight_decay"] * rule.weight_decay if decays else 0.0,
+                    beta1=betas["beta1"].value,
+                    beta2=betas["beta2"].value,
                     eps=base.eps * factor["eps"] * rule.eps,
                 )
             )
@@ -182,11 +198,36 @@ def materialise(
         residual_mlp=scaling.residual * 2.0 ** multipliers.residual.get("mlp", 0.0),
         logit=scaling.logit,
         steps_multiplier=scaling.steps,
+        capped=tuple(_describe_caps(module_type, hp, found, depth) for (module_type, hp), found in caps.items()),
     )
 
 
-def _scale_beta(beta: float, one_minus_factor: float) -> float:
-    return float(np.clip(1.0 - (1.0 - beta) * one_minus_factor, 0.0, MAX_BETA))
+@dataclass(frozen=True)
+class _ScaledBeta:
+    """A base β with its 1 − β multiplied by ``factor``: ``raw`` as the rule gives it, ``value`` as applied."""
+
+    base: float
+    factor: float
+
+    @property
+    def raw(self) -> float:
+        return 1.0 - (1.0 - self.base) * self.factor
+
+    @property
+    def value(self) -> float:
+        return min(max(self.raw, 0.0), MAX_BETA)
+
+    @property
+    def is_capped(self) -> bool:
+        return self.value != self.raw
+
+
+def _describe_caps(module_type: str, hp: str, caps: list[_ScaledBeta], depth: int) -> str:
+    """One line for the capped ``hp`` of ``module_type``, quoting its most extreme layer."""
+    worst = max(caps, key=lambda beta: abs(beta.raw - beta.value))
+    where = f" ({len(caps)} of {depth} layers)" if module_type in BLOCK_MODULE_TYPES else ""
+    scaled = f"1-β scaled ×{worst.factor:.3g} gives β={worst.raw:.6g}"
+    return f"{module_type}.{hp}{where}: {scaled}, capped at {worst.value:.6g}"
 
 
 def apply_to_model(model: GPT, hps: MaterialisedHPs, *, reinitialise: bool = True) -> list[dict]:

@@ -67,16 +67,19 @@ class Scaling:
 
 @dataclass(frozen=True)
 class Parameterisation:
-    """A named parameterisation with its depth exponent α and its duration exponent.
+    """A named parameterisation with its depth exponent α, its duration exponent and its norm-gain decay.
 
-    ``duration_exponent`` is the power of m_B/m_D that scales LR, weight decay and ε (the paper's 1/2;
-    other suites fit ~0.3). The betas always scale with m_B/m_D, so their EMA horizon stays a fixed fraction
-    of the run.
+    LR, weight decay and ε scale with s = √m_B · m_D^-``duration_exponent``: batch always by √m_B, the token
+    budget by its own exponent (the paper's 1/2, where s = √(m_B/m_D); other suites fit ~0.3 for LR against
+    tokens). The betas always scale 1 − β by m_B/m_D, so their EMA horizon stays a fixed fraction of the run.
+    ``decay_norm_gains`` off (the default, as in CompleteP's code) gives every norm gain zero weight decay;
+    ``trainer.hparams.materialise``, which knows the module types, applies it.
     """
 
     name: ParameterisationName = "completed"
     alpha: float = 1.0
     duration_exponent: float = 0.5
+    decay_norm_gains: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in PARAMETERISATIONS:
@@ -125,7 +128,7 @@ def _completed(p: Parameterisation, base: Shape, target: Shape) -> Scaling:
     """Complete(d)P, Table 1 of arXiv 2512.22382, row by row."""
     m_n, m_l, m_b, m_d = _ratios(base, target)
     a = p.alpha
-    s = (m_b / m_d) ** p.duration_exponent
+    s = m_b**0.5 * m_d**-p.duration_exponent  # the paper's sqrt(m_B / m_D) at duration_exponent 1/2
     beta = m_b / m_d
     depth_lr = m_l ** (a - 1)
     depth_eps = m_l**-a

@@ -9,11 +9,13 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.orm import Session
 
-from hpo_service.api.deps import SettingsDep
+from hpo_service.api.deps import SessionDep, SettingsDep
 from hpo_service.api.spec_body import SpecBody
 from hpo_service.api.spec_limits import SpecLimits
 from hpo_service.engine.entrypoints import EntrypointError, check_allowed, load_trial
+from hpo_service.export import StartError, starting_point
 from hpo_service.spec import SearchSpec
 from trainer.data import DataError, DataSource, check_corpus
 
@@ -24,10 +26,11 @@ ROOTS_RULE = (
 )
 
 
-def admitted_spec(spec: SpecBody, settings: SettingsDep) -> SearchSpec:
+def admitted_spec(spec: SpecBody, settings: SettingsDep, session: SessionDep) -> SearchSpec:
     """The spec as the server stores it, once the settings admit it."""
     check_trial_allowed(spec, settings.allowed_trials)
     check_limits(spec, settings.limits)
+    check_start(spec, session)
     return with_checked_data(spec, settings.data_roots)
 
 
@@ -44,6 +47,16 @@ def check_trial_allowed(spec: SearchSpec, patterns: tuple[str, ...]) -> None:
         load_trial(name)
     except EntrypointError as exc:
         error = {"type": "trial", "loc": ("body", "execution", "trial"), "msg": str(exc)}
+        raise RequestValidationError([error]) from None
+
+
+def check_start(spec: SearchSpec, session: Session) -> None:
+    """A ``start_from`` must name a result this spec can start from (``export.starting_point``)."""
+    try:
+        starting_point(session, spec)
+    except StartError as exc:
+        field = "search" if spec.start_from.search is not None else "export"
+        error = {"type": "start_from", "loc": ("body", "start_from", field), "msg": str(exc)}
         raise RequestValidationError([error]) from None
 
 

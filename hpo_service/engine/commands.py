@@ -25,7 +25,7 @@ class Commands:
 
     def create(self, spec: SearchSpec) -> Search:
         with transaction(self.sessions) as session:
-            search = writes.create_search(session, spec.name, spec.model_dump(mode="json"), spec.digest())
+            search = writes.create_search(session, spec.name, spec.to_json(), spec.digest())
         self.wake()
         return search
 

@@ -14,19 +14,25 @@ import nevergrad as ng
 import numpy as np
 from nevergrad.optimization import base
 
-from hpo_service.spec import SearchSpec
+from hpo_service.spec import OptimizerSection, SearchSpace, SearchSpec
 
 
 def build_optimizer(spec: SearchSpec) -> base.Optimizer:
-    """A fresh optimizer for ``spec``: its parametrization seeded, its population the spec's."""
-    o = spec.optimizer
-    low, high = spec.search_space.log2_bounds
-    space = ng.p.Array(init=np.zeros(spec.dimension()), lower=low, upper=high).set_mutation(sigma=o.sigma)
+    """A fresh optimizer for ``spec``'s top-level search space and optimizer."""
+    return build_stage_optimizer(spec.search_space, spec.optimizer, spec.model.depth)
+
+
+def build_stage_optimizer(search_space: SearchSpace, o: OptimizerSection, depth: int) -> base.Optimizer:
+    """A fresh optimizer over ``search_space`` (at ``depth`` blocks): its parametrization seeded, its population
+    the section's."""
+    dimension = len(search_space.coordinates(depth))
+    low, high = search_space.log2_bounds
+    space = ng.p.Array(init=np.zeros(dimension), lower=low, upper=high).set_mutation(sigma=o.sigma)
     space.random_state = np.random.RandomState(o.seed)
     budget = o.population * o.generations
     # Nevergrad shrinks CMA's first step in a fully bounded space (×0.3, or ×0.15 from 18 dimensions); undone so
     # that CMA's initial step is ``sigma`` octaves, as the spec says, not a sixth of it.
-    scale = 1 / (0.3 if spec.dimension() < 18 else 0.15)
+    scale = 1 / (0.3 if dimension < 18 else 0.15)
     factories = {
         "cma": lambda: ng.optimizers.ParametrizedCMA(popsize=o.population, scale=scale),
         "diagonal_cma": lambda: ng.optimizers.ParametrizedCMA(popsize=o.population, diagonal=True, scale=scale),

@@ -1,24 +1,23 @@
 """The search policy: which candidates to train next, what each result tells the optimizer, and when a
 generation and the search end. Plain Python on plain values, apart from the store and the executor.
 
-The engine asks it a population, persists the candidates with the policy's own serialised state in the same
-transaction, trains them, and tells it the generation's outcomes once every trial has ended; the benches
-drive the very same object. Diverged and failed candidates are told a penalty (``optimizers.penalty``) from
-the worst finite loss the policy has seen, which it keeps in its own state, so a policy restored from its
-snapshot tells exactly what an uninterrupted one would.
+A stage of a search's plan (``engine.plan``) asks it a population, the engine persists the candidates with the
+plan's serialised state (this policy in it) in the same transaction, trains them, and the plan tells it the
+generation's outcomes once every trial has ended; the benches drive the very same object. Diverged and failed
+candidates are told a penalty (``optimizers.penalty``) from the worst finite loss the policy has seen, which it
+keeps in its own state, so a policy restored from its snapshot tells exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import pickle
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nevergrad.optimization import base
 
-from hpo_service.engine.optimizers import build_optimizer, penalty
-from hpo_service.spec import SearchSpec
+from hpo_service.engine.optimizers import build_stage_optimizer, penalty
+from hpo_service.spec import OptimizerSection, SearchSpace, SearchSpec
 from hpo_service.statuses import TrialStatus
 
 
@@ -38,7 +37,7 @@ class Outcome:
 class Told:
     """What ending a generation told the optimizer, candidate by candidate, and its trials' outcomes."""
 
-    values: list[float]  # told to each candidate, in ask order
+    values: list[float | None]  # told to each candidate, in ask order (None: a phase that tells no optimizer)
     diverged: int  # trials
     failed: int  # trials
 
@@ -70,14 +69,20 @@ class GenerationalPolicy:
 
     @classmethod
     def from_spec(cls, spec: SearchSpec) -> GenerationalPolicy:
-        o = spec.optimizer
+        """The policy of a spec's top-level search space and optimizer (a search without stages)."""
+        return cls.for_stage(spec.search_space, spec.optimizer, spec.model.depth, spec.model.vocab_size)
+
+    @classmethod
+    def for_stage(
+        cls, space: SearchSpace, optimizer: OptimizerSection, depth: int, vocab_size: int
+    ) -> GenerationalPolicy:
         return cls(
-            o.name,
-            build_optimizer(spec),
-            population=o.population,
-            generations=o.generations,
-            replicates=o.replicates,
-            vocab_size=spec.model.vocab_size,
+            optimizer.name,
+            build_stage_optimizer(space, optimizer, depth),
+            population=optimizer.population,
+            generations=optimizer.generations,
+            replicates=optimizer.replicates,
+            vocab_size=vocab_size,
         )
 
     @property
@@ -114,22 +119,3 @@ class GenerationalPolicy:
         self.told_generations += 1
         flat = [o.status for replicates in outcomes for o in replicates]
         return Told(values, flat.count(TrialStatus.DIVERGED), flat.count(TrialStatus.FAILED))
-
-    # -- its own state ---------------------------------------------------------------------------------------
-
-    def dumps(self) -> bytes:
-        try:
-            return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
-        except (TypeError, pickle.PicklingError) as exc:  # e.g. NGOpt choosing a thread-based recast optimizer
-            chosen = type(getattr(self.optimizer, "optim", self.optimizer)).__name__
-            raise PolicyError(
-                f"the state of optimizer {self.name!r} ({chosen}) cannot be saved, so the search could not resume "
-                f"after a restart; choose another optimizer ({exc})"
-            ) from exc
-
-    @staticmethod
-    def loads(state: bytes) -> GenerationalPolicy:
-        policy = pickle.loads(state)
-        if not isinstance(policy, GenerationalPolicy):
-            raise PolicyError(f"the stored search state is a {type(policy).__name__}, not a search policy")
-        return policy

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from hpo_service.engine.policy import GenerationalPolicy, Outcome
-from hpo_service.spec import SearchSpec
+from hpo_service.engine.plan import SearchPlan
+from hpo_service.engine.policy import Outcome
+from hpo_service.export import starting_point
+from hpo_service.spec import SearchSpec, TargetSection
 from hpo_service.statuses import TrialStatus
 from hpo_service.store import queries, writes
 from hpo_service.store.models import Search, Trial
@@ -44,7 +46,7 @@ class Dispatch:
 class SearchRunner:
     """Holds one running search's policy between generations; everything else it reads from the store."""
 
-    def __init__(self, search_id: int, spec: SearchSpec, policy: GenerationalPolicy) -> None:
+    def __init__(self, search_id: int, spec: SearchSpec, policy: SearchPlan) -> None:
         self.search_id, self.spec, self.policy = search_id, spec, policy
         self.train_config = spec.train_config()
         self.config = self.train_config.model_dump(mode="json")
@@ -56,8 +58,9 @@ class SearchRunner:
         """The runner of ``search``, from its last snapshot; a new search gets its first generation here."""
         snapshot = queries.policy_snapshot(session, search.id)
         if snapshot is not None:
-            return cls(search.id, search.spec, GenerationalPolicy.loads(snapshot))
-        runner = cls(search.id, search.spec, GenerationalPolicy.from_spec(search.spec))
+            return cls(search.id, search.spec, SearchPlan.loads(snapshot))
+        start = starting_point(session, search.spec)
+        runner = cls(search.id, search.spec, SearchPlan(search.spec, start))
         runner._ask(session)
         return runner
 
@@ -68,11 +71,17 @@ class SearchRunner:
         return [Dispatch(row.id, self.search_id, self._payload(row)) for row in rows]
 
     def _payload(self, row: Trial) -> dict:
-        config = {**self.config, "training": {**self.config["training"], "seed": row.seed}}
+        config = self.config if row.target is None else self._target_config(row.target)
+        config = {**config, "training": {**config["training"], "seed": row.seed}}
         payload = {"config": config, "multipliers": row.multipliers}
         if self.spec.execution.trial:
             payload["trial"] = self.spec.execution.trial
         return payload
+
+    def _target_config(self, target: dict) -> dict:
+        """The configuration a validation trial trains with: the proxy's, at the target's shape."""
+        fields = {k: v for k, v in target.items() if k != "index"}
+        return self.spec.target_config(TargetSection(**fields)).model_dump(mode="json")
 
     def advance(self, session: Session) -> bool:
         """If the current generation is complete: tell it, then fail the search if its trials all failed (see
@@ -81,7 +90,7 @@ class SearchRunner:
         if queries.ended_trials(session, self.search_id, generation) < self.policy.trials_per_generation:
             return False
         rows = queries.generation_trials(session, self.search_id, generation)
-        outcomes: list[list[Outcome]] = [[] for _ in range(self.policy.population)]
+        outcomes: list[list[Outcome]] = [[] for _ in range(len(self.policy.phase.candidates))]
         for row in rows:
             outcomes[row.index].append(Outcome(row.status, row.loss))
         told = self.policy.tell(outcomes)
@@ -120,27 +129,37 @@ class SearchRunner:
         return f"no trial succeeded: {_outcome(commonest.status, commonest.error)} ({commonest.trials} of {total})"
 
     def _ask(self, session: Session) -> None:
-        """Ask a population, and persist it with the policy's snapshot in the caller's transaction."""
-        vectors = self.policy.ask()
+        """Ask the plan's next phase, and persist it with the plan's snapshot in the caller's transaction."""
+        phase = self.policy.ask()
         self.may_have_pending = True
         trials = []
-        for index, vector in enumerate(vectors):
-            multipliers = self.spec.multipliers(vector)
-            hps = materialised_at_base(self.train_config, multipliers, self.spec.search_space.per_depth)
-            for replicate in range(self.policy.replicates):
+        for index, candidate in enumerate(phase.candidates):
+            target = None
+            config, per_depth = self.train_config, any(space.per_depth for _, space, _ in self.spec.plan_stages())
+            if candidate.target is not None:
+                section = self.spec.validate_.targets[candidate.target]
+                target = {"index": candidate.target, **section.model_dump(exclude_none=True)}
+                config, per_depth = self.spec.target_config(section), False
+            hps = materialised_at_base(config, candidate.multipliers, per_depth)
+            for replicate, seed in enumerate(candidate.seeds):
                 trials.append(
                     {
                         "index": index,
                         "replicate": replicate,
-                        "seed": self.spec.training.seed + replicate,
-                        "vector": vector,
-                        "multipliers": multipliers.to_dict(),
+                        "seed": seed,
+                        "vector": candidate.vector,
+                        "multipliers": candidate.multipliers.to_dict(),
                         "hps": hps,
+                        "target": target,
+                        "arm": candidate.arm,
+                        "origin": candidate.origin,
                     }
                 )
         snapshot = self.policy.dumps()
+        optimizer = self.policy.policy.name
+        number = self.policy.generation
         writes.add_generation(
-            session, self.search_id, self.policy.generation, trials, self.spec.optimizer.name, snapshot
+            session, self.search_id, number, trials, optimizer, snapshot, stage=phase.stage, kind=phase.kind
         )
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hpo_service.statuses import GenerationStatus, SearchStatus, TrialStatus
+from hpo_service.statuses import GenerationStatus, SearchStatus, TrialKind, TrialStatus
 
 if TYPE_CHECKING:
     from hpo_service.spec import SearchSpec
@@ -62,7 +62,10 @@ class Search(Base):
         """The stored spec, parsed once per loaded row."""
         from hpo_service.spec import SearchSpec
 
-        return SearchSpec.model_validate(self.spec_json)
+        spec = self.spec_json
+        if "decay_norm_gains" not in spec.get("parameterisation", {}):  # stored before it was a choice: decayed
+            spec = {**spec, "parameterisation": {**spec.get("parameterisation", {}), "decay_norm_gains": True}}
+        return SearchSpec.model_validate(spec)
 
 
 class Generation(Base):
@@ -72,6 +75,8 @@ class Generation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str | None] = mapped_column(String(64))  # None for validation, which follows every stage
+    kind: Mapped[str] = mapped_column(String(16), default=TrialKind.SEARCH, server_default=TrialKind.SEARCH.value)
     status: Mapped[str] = mapped_column(String(16), default=GenerationStatus.RUNNING)
     best_loss: Mapped[float | None] = mapped_column(Float)
     median_loss: Mapped[float | None] = mapped_column(Float)
@@ -82,7 +87,11 @@ class Generation(Base):
 
 
 class Trial(Base):
-    """One training run: a candidate (``generation``, ``index``) trained with one seed (``replicate``)."""
+    """One training run: a candidate (``generation``, ``index``) trained with one seed (``replicate``).
+
+    ``kind`` says why (``statuses.TrialKind``): a validation trial trains at ``target`` (a ``validate`` target's
+    fields, its ``index`` among them too) as ``arm``; a re-evaluation names its search trial's candidate in
+    ``origin`` (generation, index, search-time loss)."""
 
     __tablename__ = "trials"
     __table_args__ = (
@@ -98,6 +107,11 @@ class Trial(Base):
     index: Mapped[int] = mapped_column(Integer)
     replicate: Mapped[int] = mapped_column(Integer, default=0)
     seed: Mapped[int] = mapped_column(BigInteger)
+    stage: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default=TrialKind.SEARCH, server_default=TrialKind.SEARCH.value)
+    target: Mapped[dict | None] = mapped_column(JSON)
+    arm: Mapped[str | None] = mapped_column(String(32))
+    origin: Mapped[dict | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=TrialStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     vector: Mapped[list] = mapped_column(JSON)  # the optimizer's coordinates, log2 units

@@ -10,7 +10,7 @@ from typing import Literal
 from sqlalchemy import Row, Select, Subquery, case, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from hpo_service.statuses import ACTIVE_SEARCH, FINAL_TRIAL, TRIAL_OUTCOMES, GenerationStatus, TrialStatus
+from hpo_service.statuses import ACTIVE_SEARCH, FINAL_TRIAL, TRIAL_OUTCOMES, GenerationStatus, TrialKind, TrialStatus
 from hpo_service.store.models import EngineLease, Generation, OptimizerState, ProgressPoint, Search, Trial
 
 TrialOrder = Literal["asked", "loss"]
@@ -84,8 +84,9 @@ def running_trial_ids(session: Session, search_id: int) -> list[int]:
 def _candidates(search_ids: Sequence[int], generation: int | None = None) -> Subquery:
     """The ranking's one definition: each candidate whose replicates all succeeded, with their mean loss.
 
-    A diverged or failed trial never counts, nor do the other replicates of its candidate; a candidate with
-    replicates still to train is not ranked yet. Columns: ``search_id, generation, index, loss`` (the mean)
+    Only search trials are ranked (re-evaluations and validations are not candidates of the search). A diverged
+    or failed trial never counts, nor do the other replicates of its candidate; a candidate with replicates
+    still to train is not ranked yet. Columns: ``search_id, generation, index, loss`` (the mean)
     and ``trial_id`` (its first replicate's, for the shared vector and multipliers).
     """
     succeeded = func.sum(case((Trial.status == TrialStatus.SUCCEEDED, 1), else_=0))
@@ -95,7 +96,7 @@ def _candidates(search_ids: Sequence[int], generation: int | None = None) -> Sub
         Trial.index,
         func.avg(Trial.loss).label("loss"),
         func.min(Trial.id).label("trial_id"),
-    ).where(Trial.search_id.in_(search_ids))
+    ).where(Trial.search_id.in_(search_ids), Trial.kind == TrialKind.SEARCH)
     if generation is not None:
         query = query.where(Trial.generation == generation)
     return query.group_by(Trial.search_id, Trial.generation, Trial.index).having(func.count() == succeeded).subquery()
@@ -118,6 +119,26 @@ def best_candidates(session: Session, search_id: int, limit: int | None = None) 
             .limit(limit)
         ).all()
     )
+
+
+def reevaluated(session: Session, search_id: int, stage: str) -> list[Row]:
+    """A stage's re-trained candidates whose fresh seeds all succeeded, best fresh mean first: ``generation,
+    index, loss`` (the fresh mean) and ``trial_id`` (the first fresh run's)."""
+    succeeded = func.sum(case((Trial.status == TrialStatus.SUCCEEDED, 1), else_=0))
+    ranked = (
+        select(Trial.generation, Trial.index, func.avg(Trial.loss).label("loss"), func.min(Trial.id).label("trial_id"))
+        .where(Trial.search_id == search_id, Trial.kind == TrialKind.REEVALUATION, Trial.stage == stage)
+        .group_by(Trial.generation, Trial.index)
+        .having(func.count() == succeeded)
+        .subquery()
+    )
+    return list(session.execute(select(ranked).order_by(ranked.c.loss, ranked.c.generation, ranked.c.index)).all())
+
+
+def kind_trials(session: Session, search_id: int, kind: TrialKind) -> list[Trial]:
+    """The search's trials of one kind, in the order they were asked."""
+    query = select(Trial).where(Trial.search_id == search_id, Trial.kind == kind)
+    return list(session.scalars(query.order_by(Trial.generation, Trial.index, Trial.replicate)))
 
 
 def candidate_losses(session: Session, search_id: int, generation: int) -> list[float]:

@@ -25,6 +25,7 @@ from hpo_service.statuses import (
     UNFINISHED_TRIAL,
     GenerationStatus,
     SearchStatus,
+    TrialKind,
     TrialStatus,
 )
 from hpo_service.store import queries
@@ -136,10 +137,19 @@ def probe_writes(session: Session) -> None:
 
 
 def add_generation(
-    session: Session, search_id: int, number: int, trials: list[dict], optimizer: str, snapshot: bytes
+    session: Session,
+    search_id: int,
+    number: int,
+    trials: list[dict],
+    optimizer: str,
+    snapshot: bytes,
+    *,
+    stage: str | None = None,
+    kind: str = TrialKind.SEARCH,
 ) -> None:
-    """A generation, its trials (``Trial`` column values) and the policy's snapshot taken right after asking it."""
-    session.add(Generation(search_id=search_id, number=number))
+    """A generation (a phase of the search's plan), its trials (``Trial`` column values) and the plan's snapshot
+    taken right after asking it."""
+    session.add(Generation(search_id=search_id, number=number, stage=stage, kind=kind))
     now = utcnow()
     session.execute(
         insert(Trial),
@@ -150,6 +160,8 @@ def add_generation(
                 "status": TrialStatus.PENDING,
                 "attempts": 0,
                 "created_at": now,
+                "stage": stage,
+                "kind": kind,
                 **trial,
             }
             for trial in trials
