@@ -1,186 +1,216 @@
-"""Per-module HPs against global HPs, at the proxy and transferred to a 4× wider, 2× deeper model on 2× tokens.
+"""Per-module HPs against equally-budgeted global HPs, each found and checked by the service itself.
 
-Both searches run on the service itself (store, engine, optimizer, local Ray), with the same trial budget:
+Every *unit* is one search on the service (its store, engine, local Ray workers, stages, fresh-seed selection
+and ``validate:`` transfer check), at a proxy of width 64, depth 4 and 409,600 tokens:
 
-(a) **global**: one multiplier per HP (LR, init std, weight decay) for every module (``search_space.tied``),
-    around the default base HPs, with CMA;
-(b) **per-module**: one multiplier per module type and HP, around (a)'s best, with the paper's trust-region
-    search.
+- ``global``: the global HPs (one tied multiplier per HP for every module), CMA-ES, with as many search trials
+  as the two stages of ``staged`` together: the equal-budget baseline;
+- ``staged``: the paper's recipe: the global stage, then per-module multipliers of every searched HP around
+  its choice, with the trust-region search;
+- ``staged-lr``: the same, per-module over the learning rate only;
+- ``staged-no-selection``: ``staged`` choosing by search-time loss, without re-training its top candidates.
 
-Each result goes through the service's export. Then each is trained with fresh seeds at the proxy and at the
-target shape, using the export's base section: the Complete(d)P rules re-materialise its HPs there. Reported:
-final validation losses (mean ± std over seeds), and the **speed-up**, as the paper measures it: the tokens
-the global-HP run needs to reach the per-module run's final loss, over the per-module run's tokens (from the
-seed-mean evaluation curves, interpolated; below 1 when the global HPs get there first; "not reached" if
-they never do within the same budget).
+Each unit's result is trained with the same 3 fresh seeds at four targets: 4× wider, 2× deeper, 2× the tokens,
+and all three together. The per-module speed-up is read from the curves of a staged unit's result against
+``global``'s result, seed by seed (``hpo_service.validation.speedup``: tokens to the same loss; > 1 means
+per-module is faster).
 
-    python bench/per_module.py                      # about 25 minutes on 2 cores
-    python bench/per_module.py --population 4 --generations 2 --steps 40 --seeds 1   # a smoke test
+The run is resumable: units run one after another on one SQLite database (``bench/work/per_module.db``); a
+killed run restarted with the same command resumes its search where the store left it (the service's own crash
+safety), and each finished unit is written to ``bench/results/per_module.json`` at once, so a fresh checkout
+resumes from the first unit not there.
+
+    python bench/per_module.py                       # every unit: hours on 2 cores
+    python bench/per_module.py --units global staged # the two that answer the main question first
+    python bench/per_module.py --smoke               # tiny shapes, into bench/work/: checks the script
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
 import json
 import os
 import platform
 import statistics
-import tempfile
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-HPS = ["lr", "init_std", "weight_decay"]
+RESULTS = ROOT / "bench" / "results" / "per_module.json"
+WORK = ROOT / "bench" / "work"
+UNITS = ("global", "staged", "staged-lr", "staged-no-selection")
+TARGETS = {
+    "width": {"width_factor": 4},
+    "depth": {"depth_factor": 2},
+    "tokens": {"tokens_multiplier": 2},
+    "all": {"width_factor": 4, "depth_factor": 2, "tokens_multiplier": 2},
+}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--steps", type=int, default=200, help="proxy steps (16 × 64 tokens each)")
-    p.add_argument("--population", type=int, default=8)
-    p.add_argument("--generations", type=int, default=5)
-    p.add_argument("--seeds", type=int, default=3, help="fresh training seeds of each evaluation")
-    p.add_argument("--width-factor", type=int, default=4)
-    p.add_argument("--depth-factor", type=int, default=2)
-    p.add_argument("--token-factor", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS / "per_module")
+    p.add_argument("--units", nargs="+", choices=UNITS, default=list(UNITS))
+    p.add_argument("--smoke", action="store_true", help="tiny shapes and budgets, results under bench/work/")
+    p.add_argument("--parallel", type=int, default=2, help="trials at once (one CPU each)")
     return p.parse_args()
 
 
-def spec(args: argparse.Namespace, name: str, **sections) -> dict:
-    base = {
-        "name": name,
-        "model": {"width": args.width, "depth": args.depth, "head_dim": 16, "seq_len": 64},
-        "training": {"batch_size": 16, "steps": args.steps, "warmup_steps": args.steps // 10, "device": "cpu",
-                     "eval_every": max(1, args.steps // 20)},
-        "optimizer": {"population": args.population, "generations": args.generations, "seed": 0},
-        "execution": {"parallel": 2, "cpus_per_trial": 1, "max_retries": 0, "timeout_s": 3600},
-    }  # fmt: skip
-    for section, values in sections.items():
-        base[section] = {**base.get(section, {}), **values}
-    return base
+def settings(smoke: bool) -> dict:
+    if smoke:
+        return {"width": 32, "depth": 1, "steps": 12, "population": 2, "generations": 1, "seeds": 2, "top": 1}
+    return {"width": 64, "depth": 4, "steps": 400, "population": 6, "generations": 3, "seeds": 3, "top": 3}
 
 
-def run_search(sessions, raw: dict) -> dict:
-    """Run ``raw`` to completion on the service's engine; its export (the best candidate, at the proxy)."""
+def unit_spec(unit: str, s: dict, parallel: int) -> dict:
+    """The search spec of one unit (see the module docstring)."""
+    hps = ["lr", "init_std"]
+    optimizer = {"population": s["population"], "generations": s["generations"], "seed": 0}
+    global_stage = {
+        "name": "global",
+        "search_space": {"tied": True, "hps": hps},
+        "optimizer": {"name": "cma", **optimizer},
+    }
+    per_module = {
+        "name": "per-module",
+        "search_space": {"modules": "all", "hps": ["lr"] if unit == "staged-lr" else hps},
+        "optimizer": {"name": "trust_region", "sigma": 0.5, **optimizer},
+    }
+    if unit == "global":  # as many search trials as both stages of a staged unit
+        stages = [global_stage | {"optimizer": global_stage["optimizer"] | {"generations": 2 * s["generations"]}}]
+    else:
+        stages = [global_stage, per_module]
+    targets = []
+    for factors in TARGETS.values():
+        target = {}
+        if "width_factor" in factors:
+            target["width"] = s["width"] * factors["width_factor"]
+        if "depth_factor" in factors:
+            target["depth"] = s["depth"] * factors["depth_factor"]
+        if "tokens_multiplier" in factors:
+            target["tokens_multiplier"] = factors["tokens_multiplier"]
+        targets.append(target)
+    return {
+        "name": f"per-module bench: {unit}",
+        "model": {"width": s["width"], "depth": s["depth"], "head_dim": 16, "seq_len": 64},
+        "training": {
+            "batch_size": 16,
+            "steps": s["steps"],
+            "warmup_steps": s["steps"] // 10,
+            "device": "cpu",
+            "eval_every": max(1, s["steps"] // 20),
+        },
+        "stages": stages,
+        "selection": {"top": 0 if unit == "staged-no-selection" else s["top"], "seeds": 2},
+        "validate": {"targets": targets, "seeds": s["seeds"], "arms": ["global" if unit == "global" else "per-module"]},
+        "execution": {"parallel": parallel, "cpus_per_trial": 1, "max_retries": 1, "timeout_s": 7200},
+    }
+
+
+def run_unit(sessions, raw: dict) -> int:
+    """Run the unit's search to its end on the service's engine, resuming it if the store has it already."""
+    from sqlalchemy import select
+
     from hpo_service.engine.commands import Commands
     from hpo_service.engine.engine import Engine
     from hpo_service.engine.executor import RayExecutor
-    from hpo_service.export import build_export
     from hpo_service.spec import SearchSpec
     from hpo_service.store.models import Search
 
-    search = Commands(sessions).create(SearchSpec.model_validate(raw))
+    with sessions() as session:
+        search_id = session.scalar(select(Search.id).where(Search.name == raw["name"]))
+    if search_id is None:
+        search_id = Commands(sessions).create(SearchSpec.model_validate(raw)).id
     engine = Engine(sessions)
     engine.executor = RayExecutor()
-    started = time.monotonic()
     try:
         while True:
             engine.turn()
             with sessions() as session:
-                row = session.get(Search, search.id)
-                if row.status in ("completed", "failed"):
-                    assert row.status == "completed", row.error
-                    export = build_export(session, row)
-                    break
+                row = session.get(Search, search_id)
+                if row.status not in ("queued", "running"):
+                    if row.status != "completed":
+                        raise RuntimeError(f"{raw['name']} ended {row.status}: {row.error}")
+                    return search_id
     finally:
         engine.executor.close()
-    export["bench_seconds"] = time.monotonic() - started
-    print(f"{raw['name']}: best proxy loss {export['loss']['mean']:.4f} in {export['bench_seconds']:.0f} s", flush=True)
-    return export
 
 
-def config_from_export(export: dict, training: dict, width: int, depth: int, steps: int, seed: int):
-    """The training config of a model of ``width`` × ``depth`` trained ``steps`` steps with the export's HPs."""
-    from trainer import TrainConfig
+def unit_result(sessions, search_id: int) -> dict:
+    """What a finished unit found: its export (proxy loss on fresh seeds), selection and validation curves."""
+    from sqlalchemy import func, select
 
-    base = export["base"]
-    shape = base["base_shape"]
-    return TrainConfig.model_validate(
-        {
-            "model": {"width": width, "depth": depth, "head_dim": 16, "seq_len": base["seq_len"],
-                      "vocab_size": base["vocab_size"]},
-            "training": {**training, "steps": steps, "warmup_steps": steps // 10, "seed": seed,
-                         "eval_every": max(1, steps // 20)},
-            "parameterisation": {**base["parameterisation"], "base_shape": shape},
-            "base_hps": base["base_hps"],
+    from hpo_service.export import build_export
+    from hpo_service.selection import selection_report
+    from hpo_service.store.models import Search, Trial
+    from hpo_service.validation import validation_report
+
+    with sessions() as session:
+        search = session.get(Search, search_id)
+        export = build_export(session, search)
+        kinds = dict(
+            session.execute(
+                select(Trial.kind, func.count()).where(Trial.search_id == search_id).group_by(Trial.kind)
+            ).all()
+        )
+        validation = validation_report(session, search)
+        return {
+            "search_id": search_id,
+            "wall_s": (search.finished_at - search.started_at).total_seconds(),
+            "trials": kinds,
+            "proxy": export["loss"],
+            "multipliers": export["base"]["multipliers"],
+            "selection": [
+                {k: stage[k] for k in ("stage", "gap")} | {"chosen": stage["chosen"]}
+                for stage in selection_report(session, search)
+            ],
+            "validation": [
+                {
+                    "target": entry["target"],
+                    "arm": entry["arms"][0]["name"],
+                    "losses": entry["arms"][0]["losses"],
+                    "seed_curves": {str(k): v for k, v in entry["arms"][0]["seed_curves"].items()},
+                }
+                for entry in validation
+            ],
         }
-    )  # fmt: skip
 
 
-def evaluate(job: tuple) -> dict:
-    """Train one (arm, where, seed) evaluation; its final loss and evaluation curve in tokens."""
-    from trainer import Multipliers, run_trial
+def comparisons(units: dict) -> dict:
+    """Per staged unit and target: final losses (mean ± sd) against ``global``'s, and the speed-up over it from
+    the seed-mean curves and seed by seed (the same fresh seeds in every unit)."""
+    from hpo_service.validation import mean_curve, speedup
 
-    arm, where, seed, export, training, width, depth, steps = job
-    config = config_from_export(export, training, width, depth, steps, seed)
-    result = run_trial(config, Multipliers.from_dict(export["base"]["multipliers"]))
-    tokens_per_step = config.training.batch_size * config.model.seq_len
+    if "global" not in units:
+        return {}
+    baseline = {entry["target"]["label"]: entry for entry in units["global"]["validation"]}
+    out: dict = {}
+    for name, unit in units.items():
+        if name == "global":
+            continue
+        rows = {}
+        for entry in unit["validation"]:
+            label = entry["target"]["label"]
+            ours, theirs = entry["seed_curves"], baseline[label]["seed_curves"]
+            seeds = sorted(set(ours) & set(theirs))
+            per_seed = [speedup(ours[s], theirs[s]) for s in seeds]
+            finite = [x for x in per_seed if x is not None]
+            rows[label] = {
+                "per_module": _stats(entry["losses"]),
+                "global": _stats(baseline[label]["losses"]),
+                "speedup": speedup(mean_curve(list(ours.values())), mean_curve(list(theirs.values()))),
+                "speedup_seeds": per_seed,
+                "speedup_sd": statistics.stdev(finite) if len(finite) > 1 else None,
+            }
+        out[name] = rows
+    return out
+
+
+def _stats(losses: list[float]) -> dict:
     return {
-        "arm": arm,
-        "where": where,
-        "seed": seed,
-        "status": result.status,
-        "final_val_loss": result.final_val_loss,
-        "curve": [(step * tokens_per_step, loss) for step, loss in result.eval_curve],
+        "mean": statistics.fmean(losses) if losses else None,
+        "sd": statistics.stdev(losses) if len(losses) > 1 else None,
+        "n": len(losses),
     }
-
-
-def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
-    """The first token count at which ``curve`` reaches ``target`` (linear between evaluations), else None."""
-    for (t0, l0), (t1, l1) in itertools.pairwise(curve):
-        if l1 <= target:
-            return t1 if l0 == l1 else t0 + (t1 - t0) * (l0 - target) / (l0 - l1)
-    return None
-
-
-def summarise(runs: list[dict]) -> dict:
-    summary = {}
-    for where in ("proxy", "target"):
-        row = {}
-        for arm in ("global", "per_module"):
-            losses = [r["final_val_loss"] for r in runs if r["arm"] == arm and r["where"] == where]
-            finite = [x for x in losses if x is not None]
-            row[arm] = {"mean": statistics.fmean(finite) if finite else None,
-                        "std": statistics.stdev(finite) if len(finite) > 1 else None, "values": losses}  # fmt: skip
-        target = row["per_module"]["mean"]
-        curves = [r["curve"] for r in runs if r["arm"] == "global" and r["where"] == where]
-        final_tokens = curves[0][-1][0]
-        mean_curve = [(t, statistics.fmean(c[i][1] for c in curves)) for i, (t, _) in enumerate(curves[0])]
-        needed = tokens_to_reach(mean_curve, target) if target is not None else None
-        # > 1: the global HPs need more tokens than the per-module run used (None: more than their whole budget)
-        row["speed_up"] = None if needed is None else needed / final_tokens
-        row["global_reaches_per_module_loss"] = needed is not None
-        summary[where] = row
-    return summary
-
-
-def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, where in zip(axes, ("proxy", "target"), strict=True):
-        for arm, colour in (("global", "tab:blue"), ("per_module", "tab:red")):
-            curves = [r["curve"] for r in runs if r["arm"] == arm and r["where"] == where]
-            tokens = np.array([t for t, _ in curves[0]])
-            losses = np.array([[loss for _, loss in c] for c in curves])
-            ax.plot(tokens, losses.mean(0), color=colour, label=f"{arm.replace('_', '-')} HPs")
-            ax.fill_between(tokens, losses.min(0), losses.max(0), color=colour, alpha=0.2)
-        ax.set(xlabel="training tokens", ylabel="validation loss (nats/token)", title=where, xscale="log")
-        ax.set_ylim(top=min(ax.get_ylim()[1], 4.0))
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -188,58 +218,32 @@ def main() -> None:
     from hpo_service.engine import executor  # imports Ray, keeping the local Ray on loopback
     from hpo_service.store.database import database_url, open_database, session_factory, upgrade
 
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        url = database_url(str(Path(tmp) / "hpo.db"))
-        upgrade(url)
-        sessions = session_factory(open_database(url))
-        executor.ensure_ray(num_cpus=2)
-        try:
-            tied = {"modules": "all", "hps": HPS, "tied": True}
-            global_export = run_search(sessions, spec(args, "global", search_space=tied, optimizer={"name": "cma"}))
-            base = global_export["base"]  # (b) starts from (a)'s best: its multipliers folded into the base HPs
-            start = {h: base["base_hps"][h] * 2 ** base["multipliers"]["module"]["attn_q"][h] for h in HPS}
-            per_module_export = run_search(
-                sessions,
-                spec(args, "per_module", base_hps=start, search_space={"modules": "all", "hps": HPS},
-                     optimizer={"name": "trust_region", "sigma": 1.0}),
-            )  # fmt: skip
-        finally:
-            executor.ray.shutdown()
-    search_seconds = time.monotonic() - started
-
-    training = spec(args, "eval")["training"]
-    target = (args.width * args.width_factor, args.depth * args.depth_factor, args.steps * args.token_factor)
-    shapes = {"proxy": (args.width, args.depth, args.steps), "target": target}
-    jobs = [
-        (arm, where, 100 + seed, export, training, *shapes[where])
-        for where in ("proxy", "target")
-        for arm, export in (("global", global_export), ("per_module", per_module_export))
-        for seed in range(args.seeds)
-    ]
-    with Pool(2) as pool:
-        runs = pool.map(evaluate, jobs, chunksize=1)
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["arm", "where", "seed", "status", "tokens", "val_loss"])
-        for r in runs:
-            for tokens, loss in r["curve"]:
-                writer.writerow([r["arm"], r["where"], r["seed"], r["status"], tokens, loss])
-    summary = summarise(runs)
-    result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": vars(args) | {"out": str(args.out)},
-        "budget_trials_each": args.population * args.generations,
-        "search_seconds": search_seconds,
-        "total_seconds": time.monotonic() - started,
-        "exports": {"global": global_export, "per_module": per_module_export},
-        "summary": summary,
-    }
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    plot(runs, args.out.with_suffix(".png"))
-    print(json.dumps(summary, indent=2))
+    s = settings(args.smoke)
+    results_path = WORK / "per_module.smoke.json" if args.smoke else RESULTS
+    WORK.mkdir(parents=True, exist_ok=True)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if results.get("settings") != s:
+        results = {"settings": s, "units": {}}
+    url = database_url(str(WORK / ("per_module.smoke.db" if args.smoke else "per_module.db")))
+    upgrade(url)
+    sessions = session_factory(open_database(url))
+    executor.ensure_ray(num_cpus=args.parallel)
+    try:
+        for unit in args.units:
+            if unit in results["units"]:
+                continue
+            started = time.monotonic()
+            search_id = run_unit(sessions, unit_spec(unit, s, args.parallel))
+            results["units"][unit] = unit_result(sessions, search_id) | {"this_run_s": time.monotonic() - started}
+            results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+            results["comparisons"] = comparisons(results["units"])
+            tmp = results_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1) + "\n")
+            tmp.replace(results_path)
+            print(f"{unit}: done, proxy {results['units'][unit]['proxy']['mean']:.4f}", flush=True)
+    finally:
+        executor.release_ray()
+    print(json.dumps(results.get("comparisons", {}), indent=1))
 
 
 if __name__ == "__main__":

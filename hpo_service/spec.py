@@ -19,6 +19,10 @@ from trainer.hparams import HP_NAMES, INIT_STD_MODULE_TYPES, RESIDUAL_BRANCHES, 
 from trainer.model import BLOCK_MODULE_TYPES, MAX_DEPTH, MAX_WIDTH, MODULE_TYPES
 
 FRESH_SEED_STRIDE = 100_000  # fresh seeds of phase k (re-evaluation of stage k, then validation) start here × (k+1)
+MAX_STAGES = 16
+VALIDATION_PHASE = MAX_STAGES  # the transfer check's fresh seeds follow every stage's
+ARM_NAMES = ("per-module", "global", "base")
+ArmName = Literal["per-module", "global", "base"]
 OptimizerName = Literal["cma", "diagonal_cma", "de", "oneplusone", "ngopt", "random", "trust_region"]
 MIN_POPULATION = {"cma": 2, "diagonal_cma": 2, "de": 4}  # recombination needs parents (DE: three others)
 MAX_TRIALS = 1_000_000  # population × generations × replicates: a search larger than this is a typo
@@ -205,6 +209,19 @@ class ValidateSection(Section):
 
     targets: list[TargetSection] = Field(min_length=1, max_length=16)
     seeds: int = Field(3, gt=0, le=16, description="Fresh seeds per arm and target.")
+    arms: list[ArmName] = Field(
+        list(ARM_NAMES),
+        min_length=1,
+        description="Arms to train: the result (per-module, or global when the last stage is tied), the global "
+        "stage's choice and the base HPs; an arm the search does not have is skipped.",
+    )
+
+    @field_validator("arms")
+    @classmethod
+    def _distinct(cls, arms: list[str]) -> list[str]:
+        if len(set(arms)) != len(arms):
+            raise ValueError("arms are listed more than once")
+        return arms
 
 
 class StartFrom(Section):
@@ -231,7 +248,10 @@ class SearchSpec(TrainConfig):
     execution: ExecutionSection = ExecutionSection()
     export_targets: list[BoundedShape] = Field(default_factory=list, max_length=64)
     stages: list[StageSection] | None = Field(
-        None, min_length=1, max_length=16, description="Stages searched in turn, each centred on the last's choice."
+        None,
+        min_length=1,
+        max_length=MAX_STAGES,
+        description="Stages searched in turn, each centred on the last's choice.",
     )
     selection: SelectionSection | None = Field(
         None, description="Fresh-seed selection; on by default (top 3, 2 seeds) with stages or validate."
@@ -278,8 +298,10 @@ class SearchSpec(TrainConfig):
         stage's (``fresh_seeds``): the last must be a valid seed too."""
         replicates = max(o.replicates for _, _, o in self.plan_stages())
         last = self.training.seed + replicates - 1
-        if self.selection_section().top or self.validate_ is not None:
-            last = max(self.fresh_seeds(len(self.plan_stages()), 16))
+        if self.validate_ is not None:
+            last = max(self.fresh_seeds(VALIDATION_PHASE, self.validate_.seeds))
+        elif self.selection_section().top:
+            last = max(self.fresh_seeds(len(self.plan_stages()) - 1, self.selection_section().seeds))
         if last > MAX_SEED:
             message = f"the trials' seeds would reach {last}, above {MAX_SEED}"
             raise field_error(("training", "seed"), message, self.training.seed)
@@ -312,7 +334,8 @@ class SearchSpec(TrainConfig):
         return SelectionSection() if self.stages is not None or self.validate_ is not None else SelectionSection(top=0)
 
     def fresh_seeds(self, phase: int, count: int) -> list[int]:
-        """Seeds never used by a search trial: phase k < number of stages re-evaluates stage k; the last validates."""
+        """Seeds never used by a search trial: phase k < ``VALIDATION_PHASE`` re-evaluates stage k; the validation
+        phase's are the same whatever the stages, so that two searches' checks train on the same seeds."""
         first = self.training.seed + FRESH_SEED_STRIDE * (phase + 1)
         return list(range(first, first + count))
 

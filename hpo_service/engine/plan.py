@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hpo_service.engine.policy import GenerationalPolicy, Outcome, PolicyError, Told
-from hpo_service.spec import SearchSpec
+from hpo_service.spec import VALIDATION_PHASE, SearchSpec
 from hpo_service.statuses import TrialKind, TrialStatus
 from trainer.hparams import Multipliers
 
@@ -154,7 +154,7 @@ class SearchPlan:
     def _validation_phase(self) -> Phase:
         validate = self.spec.validate_
         assert validate is not None
-        seeds = self.spec.fresh_seeds(len(self.spec.plan_stages()), validate.seeds)
+        seeds = self.spec.fresh_seeds(VALIDATION_PHASE, validate.seeds)
         candidates = [
             Candidate(vector, multipliers, seeds, target=t, arm=arm)
             for t in range(len(validate.targets))
@@ -164,7 +164,8 @@ class SearchPlan:
 
     def arms(self) -> list[tuple[str, list[float], Multipliers]]:
         """``(name, vector, multipliers)`` of each validation arm: the final choice (``per-module``, or ``global``
-        when the last stage is tied), the last tied stage's choice before it (``global``), and ``base``."""
+        when the last stage is tied), the last tied stage's choice before it (``global``), and ``base``; those
+        that ``validate.arms`` names."""
         stages = self.spec.plan_stages()
         final = self.choices[-1]
         final_tied = stages[-1][1].tied
@@ -173,7 +174,7 @@ class SearchPlan:
         if tied and not final_tied:
             arms.append(("global", tied[-1].vector, tied[-1].multipliers))
         arms.append(("base", [], Multipliers()))
-        return arms
+        return [arm for arm in arms if arm[0] in self.spec.validate_.arms]
 
     # -- moving on -------------------------------------------------------------------------------------------
 
