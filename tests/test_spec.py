@@ -24,7 +24,7 @@ def error_fields(**sections) -> set[str]:
     return {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}
 
 
-@pytest.mark.parametrize("example", ["tiny.yaml", "proxy-50m.yaml"])
+@pytest.mark.parametrize("example", ["tiny.yaml", "proxy-50m.yaml", "staged.yaml"])
 def test_the_shipped_examples_are_valid_specs(example):
     loaded = SearchSpec.model_validate(yaml.safe_load((ROOT / "examples" / example).read_text()))
     assert loaded.dimension() > 0
