@@ -149,7 +149,12 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
         command.add_argument("--server", help=f"controller URL (default: $HPO_SERVER or {client.DEFAULT_SERVER})")
 
     submit = commands.add_parser("submit", help="submit a search spec (YAML or JSON); prints the search id last")
-    submit.add_argument("spec", type=Path, help="the search spec, a YAML or JSON file (e.g. examples/tiny.yaml)")
+    submit.add_argument(
+        "spec",
+        type=Path,
+        help="the search spec, a YAML or JSON file (e.g. examples/tiny.yaml); the export a start_from.export path "
+        "names (relative to the spec's folder) is read here and its base HPs and provenance sent inline",
+    )
     server_option(submit)
     submit.set_defaults(handler=client.submit)
 
@@ -160,7 +165,9 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     server_option(listing)
     listing.set_defaults(handler=client.list_searches)
 
-    status = commands.add_parser("status", help="a search's status, trial counts and best loss")
+    status = commands.add_parser(
+        "status", help="a search's status, stage, trial counts, best loss, selection gaps and transfer check"
+    )
     status.add_argument("search_id", type=int, help=SEARCH_ID_HELP)
     status.add_argument("--json", action="store_true", help="print the API's JSON")
     server_option(status)
@@ -242,7 +249,7 @@ def _without_query_string(record: logging.LogRecord) -> bool:
 def _run(args: argparse.Namespace) -> int:
     from hpo_service.local_run import run_locally
 
-    spec = client.read_mapping(args.spec)
+    spec = client.read_spec(args.spec)
     return _open_store(lambda url: run_locally(spec, url, args.port), args.db)
 
 

@@ -55,7 +55,9 @@ def validation_report(session: Session, search: Search) -> list[dict]:
 
 
 def recommendation(report: Sequence[dict]) -> dict | None:
-    """The arm the evidence supports, and why; None before any target has a comparison."""
+    """The arm the evidence supports, and why; None before any target has a comparison. The result only if it
+    beat the reference beyond noise at every target, else the reference; and the base HPs instead of either
+    if they beat it beyond noise at every target (the search did not help at these shapes)."""
     compared = [entry for entry in report if entry.get("verdict") not in (None, "pending")]
     if not compared:
         return None
@@ -63,12 +65,24 @@ def recommendation(report: Sequence[dict]) -> dict | None:
     beaten = [e["target"]["label"] for e in compared if e["verdict"] == "worse"]
     unclear = [e["target"]["label"] for e in compared if e["verdict"] in ("within noise", "undetermined")]
     if not beaten and not unclear:
-        return {"arm": result, "reason": f"{result} beat {reference} beyond noise at every target"}
-    if beaten:
-        reason = f"{reference} beat {result} beyond noise at {', '.join(beaten)}"
+        chosen = {"arm": result, "reason": f"{result} beat {reference} beyond noise at every target"}
+    elif beaten:
+        chosen = {"arm": reference, "reason": f"{reference} beat {result} beyond noise at {', '.join(beaten)}"}
     else:
-        reason = f"{result} did not beat {reference} beyond noise at {', '.join(unclear)}"
-    return {"arm": reference, "reason": reason}
+        chosen = {"arm": reference, "reason": f"{result} did not beat {reference} beyond noise at {', '.join(unclear)}"}
+    return _unless_base_beats(compared, chosen)
+
+
+def _unless_base_beats(compared: Sequence[dict], chosen: dict) -> dict:
+    verdicts = []
+    for entry in compared:
+        arms = {arm["name"]: arm for arm in entry["arms"]}
+        if "base" not in arms or chosen["arm"] == "base" or chosen["arm"] not in arms:
+            return chosen
+        verdicts.append(verdict(arms["base"], arms[chosen["arm"]]))
+    if all(v == "better" for v in verdicts):
+        return {"arm": "base", "reason": f"the base HPs beat {chosen['arm']} beyond noise at every target"}
+    return chosen
 
 
 def _arm(name: str, runs: list[Trial], curves: dict[int, list], tokens_per_step: int) -> dict:

@@ -13,7 +13,7 @@ from sqlalchemy import event, insert, update
 from hpo_service.api.app import create_app
 from hpo_service.api.settings import settings_of
 from hpo_service.dashboard.sampling import envelope, evenly
-from hpo_service.store.models import ProgressPoint, Trial
+from hpo_service.store.models import Generation, ProgressPoint, Trial
 
 # Five coordinates: attn_q lr and init std, norm_attn lr (a norm gain has no init std), two residual branches.
 SPEC = {
@@ -22,6 +22,25 @@ SPEC = {
     "optimizer": {"name": "random", "population": 4, "generations": 3},
 }
 START = datetime(2026, 1, 1, tzinfo=UTC)
+# Two stages over attn_q and norm_attn LRs (tied: one coordinate, then one per module), top-2 selection on two
+# fresh seeds, and a transfer check at width 128: arms per-module, global (the tied stage's choice) and base.
+STAGED = {
+    "name": "staged",
+    "stages": [
+        {
+            "name": "global",
+            "search_space": {"modules": ["attn_q", "norm_attn"], "hps": ["lr"], "tied": True},
+            "optimizer": {"name": "random", "population": 2, "generations": 1},
+        },
+        {
+            "name": "per-module",
+            "search_space": {"modules": ["attn_q", "norm_attn"], "hps": ["lr"]},
+            "optimizer": {"name": "random", "population": 2, "generations": 1},
+        },
+    ],
+    "selection": {"top": 2, "seeds": 2},
+    "validate": {"targets": [{"width": 128}], "seeds": 2},
+}
 
 
 @pytest.fixture
@@ -46,6 +65,11 @@ def add_trials(client, search_id: int, *trials: dict) -> list[int]:
                 "index": trial.get("index", i),
                 "replicate": trial.get("replicate", 0),
                 "seed": 0,
+                "stage": trial.get("stage"),
+                "kind": trial.get("kind", "search"),
+                "origin": trial.get("origin"),
+                "target": trial.get("target"),
+                "arm": trial.get("arm"),
                 "status": status,
                 "vector": trial.get("vector", [0.0] * 5),
                 "multipliers": {},
@@ -102,7 +126,7 @@ def test_a_page_that_does_not_exist_is_the_dashboards_404_page_and_the_api_keeps
         answer = client.get(path)
         assert answer.status_code == 404 and answer.headers["content-type"] == "application/json", path
     assert client.get("/api/searches/999").json() == {"detail": "no search with id 999"}
-    for panel in ("outcomes", "multipliers", "curves"):
+    for panel in ("outcomes", "multipliers", "curves", "selection", "transfer"):
         assert client.get(f"/api/searches/999/dashboard/{panel}").status_code == 404
 
 
@@ -313,3 +337,178 @@ def test_envelope_keeps_each_runs_extremes():
     values = [5.0, 1.0, 3.0, 9.0, 2.0, 4.0, 8.0, 0.0]
     assert envelope(values, 2) == [1, 3, 6, 7]
     assert envelope(values, 4) == list(range(8))
+
+
+def add_phase(client, search_id: int, number: int, stage: str | None, kind: str, trials: list[dict]) -> list[int]:
+    """Generation ``number`` of ``stage`` and ``kind`` with its trials, which end after every earlier phase's."""
+    with settings_of(client.app).sessions() as session, session.begin():
+        session.add(Generation(search_id=search_id, number=number, stage=stage, kind=kind, status="completed"))
+    phase = {"generation": number, "stage": stage, "kind": kind}
+    return add_trials(client, search_id, *(phase | {"ended": 10 * number + i} | t for i, t in enumerate(trials)))
+
+
+def fresh_runs(index: int, origin: dict, losses: list[float], vector: list[float]) -> list[dict]:
+    """A re-trained candidate's runs, one per fresh seed."""
+    return [
+        {"index": index, "replicate": r, "origin": origin, "loss": loss, "vector": vector}
+        for r, loss in enumerate(losses)
+    ]
+
+
+def arm_runs(index: int, arm: str, losses: list[float], status: str = "succeeded") -> list[dict]:
+    target = {"index": 0, "width": 128}
+    return [
+        {"index": index, "replicate": r, "arm": arm, "target": target, "loss": loss, "status": status, "vector": []}
+        for r, loss in enumerate(losses)
+    ]
+
+
+# Validation curves: the validation loss at steps 1-3 of each arm; its last point is the run's final loss.
+ARM_CURVES = {"per-module": [4.0, 3.0, 2.4], "global": [4.0, 3.3, 2.8], "base": [4.0, 3.6, 3.0]}
+STAGED_PHASES = [
+    ("global", "search", [{"loss": 3.0, "vector": [0.5]}, {"loss": 2.9, "vector": [1.0]}]),
+    ("global", "reevaluation", [
+        *fresh_runs(0, {"generation": 0, "index": 1, "loss": 2.9}, [2.6, 2.7], [1.0]),
+        *fresh_runs(1, {"generation": 0, "index": 0, "loss": 3.0}, [2.65, 2.75], [0.5]),
+    ]),
+    ("per-module", "search", [{"loss": 2.95, "vector": [0.0, 0.0]}, {"loss": 2.8, "vector": [0.5, -0.5]}]),
+    ("per-module", "reevaluation", [
+        *fresh_runs(0, {"generation": 2, "index": 1, "loss": 2.8}, [2.5, 2.52], [0.5, -0.5]),
+        *fresh_runs(1, {"generation": 2, "index": 0, "loss": 2.95}, [2.6, 2.6], [0.0, 0.0]),
+    ]),
+    (None, "validation", [
+        *arm_runs(0, "per-module", [2.0, 2.02]), *arm_runs(1, "global", [2.3, 2.32]), *arm_runs(2, "base", [2.6, 2.61])
+    ]),
+]  # fmt: skip
+
+
+def staged_search(client, phases: int = len(STAGED_PHASES)) -> tuple[int, list[list[int]]]:
+    """A search of ``STAGED`` with its first ``phases`` phases stored, each phase's trial ids. Fresh-seed and
+    validation losses are all below the search-time ones: a chart that took them for candidates would show them
+    as the best."""
+    search_id = new_search(client, STAGED)
+    ids = [add_phase(client, search_id, n, *STAGED_PHASES[n]) for n in range(phases)]
+    if phases == len(STAGED_PHASES):
+        add_curves(client, ids[-1], [t for _, _, trials in STAGED_PHASES[-1:] for t in trials])
+    return search_id, ids
+
+
+def add_curves(client, trial_ids: list[int], trials: list[dict]) -> None:
+    """Each validation trial's curve: its arm's first points, then its final loss at step 4."""
+    points = [
+        {"trial_id": trial_id, "step": step, "train_loss": None, "val_loss": loss}
+        for trial_id, trial in zip(trial_ids, trials, strict=True)
+        for step, loss in enumerate([*ARM_CURVES[trial["arm"]], trial["loss"]], start=1)
+    ]
+    with settings_of(client.app).sessions() as session, session.begin():
+        session.execute(insert(ProgressPoint), points)
+
+
+def test_a_staged_searchs_charts_plot_search_trials_only_and_mark_where_each_phase_lies(client):
+    search_id, ids = staged_search(client)
+    search_ids = ids[0] + ids[2]
+    outcomes = get(client, f"/api/searches/{search_id}/dashboard/outcomes")
+    assert outcomes["evaluations"] == 4
+    assert outcomes["best_so_far"]["x"] == [1, 2, 4] and outcomes["best_so_far"]["loss"] == [3.0, 2.9, 2.8]
+    assert sorted(outcomes["population"]["trial_id"]) == search_ids
+    assert outcomes["generations"]["number"] == [0, 2]
+    assert outcomes["reevaluated"]["x"] == [1] * 4 + [3] * 4
+    assert sorted(outcomes["reevaluated"]["trial_id"]) == ids[1] + ids[3]
+    assert outcomes["phases"] == [
+        {"kind": "search", "stage": "global", "first": 0, "last": 0, "first_evaluation": 1},
+        {"kind": "reevaluation", "stage": "global", "first": 1, "last": 1, "first_evaluation": None},
+        {"kind": "search", "stage": "per-module", "first": 2, "last": 2, "first_evaluation": 3},
+        {"kind": "reevaluation", "stage": "per-module", "first": 3, "last": 3, "first_evaluation": None},
+        {"kind": "validation", "stage": None, "first": 4, "last": 4, "first_evaluation": None},
+    ]
+    curves = get(client, f"/api/searches/{search_id}/dashboard/curves")["curves"]
+    assert {c["trial_id"] for c in curves} == set(search_ids) and {c["kind"] for c in curves} == {"search"}
+
+
+def test_a_staged_searchs_multipliers_are_those_of_its_latest_stage_in_that_stages_coordinates(client):
+    search_id, _ = staged_search(client, phases=2)
+    m = get(client, f"/api/searches/{search_id}/dashboard/multipliers")
+    assert m["stage"] == "global" and m["heatmap"]["rows"] == ["all modules"] and m["heatmap"]["best"] == [[1.0]]
+    add_phase(client, search_id, 2, *STAGED_PHASES[2])
+    m = get(client, f"/api/searches/{search_id}/dashboard/multipliers")
+    h, p = m["heatmap"], m["parallel"]
+    assert m["stage"] == "per-module" and (h["rows"], h["columns"]) == (["attn_q", "norm_attn"], ["lr"])
+    assert h["best"] == [[0.5], [-0.5]] and (h["best_candidate"]["generation"], h["best_candidate"]["loss"]) == (2, 2.8)
+    assert p["axes"] == ["attn_q lr", "norm_attn lr"] and p["loss"] == [2.8, 2.95] and p["total"] == 2
+    assert get(client, f"/api/searches/{new_search(client)}/dashboard/multipliers")["stage"] is None
+
+
+def test_the_selection_panel_states_each_stages_choice_and_gap(client):
+    search_id, _ = staged_search(client)
+    panel = get(client, f"/api/searches/{search_id}/dashboard/selection")
+    assert (panel["enabled"], panel["top"], panel["seeds"]) == (True, 2, 2)
+    first, second = panel["stages"]
+    assert (first["stage"], first["state"], second["stage"], second["state"]) == (
+        "global",
+        "chosen",
+        "per-module",
+        "chosen",
+    )
+    assert first["summary"] == "chose g0.1: search-time 2.9000, fresh 2.6500 ± 0.0707: gap +0.2500"
+    assert second["summary"] == "chose g2.1: search-time 2.8000, fresh 2.5100 ± 0.0141: gap +0.2900"
+    assert [(c["generation"], c["index"], c["chosen"]) for c in second["candidates"]] == [(2, 1, True), (2, 0, False)]
+    assert second["candidates"][0]["losses"] == [2.5, 2.52] and second["gap"] == pytest.approx(0.29)
+
+
+def test_the_selection_panel_is_pending_until_a_stage_re_trains_and_off_without_selection(client):
+    search_id, _ = staged_search(client, phases=3)
+    stages = get(client, f"/api/searches/{search_id}/dashboard/selection")["stages"]
+    assert [s["state"] for s in stages] == ["chosen", "pending"]
+    assert stages[1]["summary"] == (
+        "pending: after its last generation, its top 2 candidates are re-trained on 2 fresh seeds"
+    )
+    assert client.post(f"/api/searches/{search_id}/cancel").status_code == 200
+    stages = get(client, f"/api/searches/{search_id}/dashboard/selection")["stages"]
+    assert [s["state"] for s in stages] == ["chosen", "not run"]
+    plain = get(client, f"/api/searches/{new_search(client)}/dashboard/selection")
+    assert plain == {"enabled": False, "top": 0, "seeds": 2, "stages": []}
+
+
+def test_the_transfer_panel_gives_each_arms_curve_and_loss_the_speed_up_and_the_recommendation(client):
+    search_id, _ = staged_search(client)
+    panel = get(client, f"/api/searches/{search_id}/dashboard/transfer")
+    assert (panel["enabled"], panel["state"]) == (True, "done")
+    assert panel["recommendation"] == {
+        "arm": "per-module",
+        "reason": "per-module beat global beyond noise at every target",
+    }
+    assert (
+        panel["summary"] == "Recommendation: use per-module, since per-module beat global beyond noise at every target."
+    )
+    [target] = panel["targets"]
+    assert (target["label"], target["speedup_over"], target["verdict"]) == ("width=128", "global", "better")
+    assert target["speedup"] == pytest.approx(4 / (3 + 0.09 / 0.39))
+    assert target["summary"] == "speed-up of per-module over global: 1.24× (sd 0.01 over 2 seed pairs); verdict: better"
+    arms = {arm["name"]: arm for arm in target["arms"]}
+    assert list(arms) == ["per-module", "global", "base"]
+    assert arms["per-module"]["tokens"] == [1024.0, 2048.0, 3072.0, 4096.0]  # steps × 16 sequences × 64 tokens
+    assert arms["per-module"]["loss"] == pytest.approx([4.0, 3.0, 2.4, 2.01])
+    assert arms["base"]["summary"] == "base: 2.6050 ± 0.0071 over 2 seeds"
+
+
+def test_the_transfer_panel_is_pending_while_its_arms_train_and_off_without_a_validate_section(client):
+    search_id, _ = staged_search(client, phases=4)
+    panel = get(client, f"/api/searches/{search_id}/dashboard/transfer")
+    assert (panel["state"], panel["recommendation"]) == ("pending", None)
+    assert panel["summary"] == (
+        "pending: after the last stage's selection, each arm is trained at each target on 2 fresh seeds"
+    )
+    assert [(t["label"], t["arms"], t["summary"]) for t in panel["targets"]] == [("width=128", [], "pending")]
+    runs = [*arm_runs(0, "per-module", [None, None], "running"), *arm_runs(1, "base", [2.6, 2.61])]
+    ids = add_phase(client, search_id, 4, None, "validation", runs)
+    panel = get(client, f"/api/searches/{search_id}/dashboard/transfer")
+    assert (panel["state"], panel["summary"]) == ("running", "pending: 2 of 4 runs still training")
+    [target] = panel["targets"]
+    assert target["verdict"] == "pending" and target["arms"][0]["summary"] == "per-module: 2 of 2 runs training"
+    running = get(client, f"/api/searches/{search_id}/dashboard/curves")["curves"]
+    assert [(c["trial_id"], c["kind"], c["arm"]) for c in running if c["role"] == "running"] == [
+        (ids[0], "validation", "per-module"),
+        (ids[1], "validation", "per-module"),
+    ]
+    plain = get(client, f"/api/searches/{new_search(client)}/dashboard/transfer")
+    assert (plain["enabled"], plain["state"], plain["targets"]) == (False, "off", [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,30 @@ ALL_FAIL_SPEC = {
     "execution": {"parallel": 2, "timeout_s": 60, "max_retries": 0, "trial": "tests.trial_fns:raises"},
 }
 
+# Two stages (global HPs, then two modules' LRs around them), each's top 2 re-trained on 2 fresh seeds, then the
+# transfer check at width 64: the real trainer, 12 steps a trial, 18 trials.
+STAGED_SPEC = {
+    "name": "staged-demo",
+    "model": SPEC["model"],
+    "training": {"batch_size": 4, "steps": 12, "device": "cpu"},
+    "stages": [
+        {
+            "name": "global",
+            "search_space": {"hps": ["lr", "init_std"], "tied": True, "log2_bounds": [-1, 1]},
+            "optimizer": {"name": "random", "population": 2, "generations": 1, "seed": 0},
+        },
+        {
+            "name": "per-module",
+            "search_space": {"modules": ["attn_q", "mlp_up"], "hps": ["lr"], "log2_bounds": [-1, 1]},
+            "optimizer": {"name": "random", "population": 2, "generations": 1, "seed": 0},
+        },
+    ],
+    "selection": {"top": 2, "seeds": 2},
+    "validate": {"targets": [{"width": 64}], "seeds": 2},
+    "execution": {"parallel": 2, "timeout_s": 120},
+}
+ARMS = ["per-module", "global", "base"]
+
 # In the page: trials drawn in the population chart (successful points, diverged and failed marks).
 POPULATION_POINTS = (
     "(document.getElementById('chart-population').data || [])"
@@ -76,6 +101,7 @@ COLOUR_BAR = (
     ".filter(t => t.marker && t.marker.showscale).map(t => [t.marker.cmin, t.marker.cmax])"
 )
 ENDED = "document.getElementById('control-message').textContent.startsWith('Ended')"
+LIVE = "document.getElementById('updated').textContent.startsWith('live')"  # a whole refresh has been drawn
 
 
 @pytest.fixture(scope="module")
@@ -255,4 +281,76 @@ def test_a_search_that_does_not_exist_is_a_page_saying_so(browser, controller):
     screenshot(page, "dashboard-not-found")
     page.get_by_role("link", name="All searches").click()
     page.wait_for_url(f"{controller.url}/")
+    page.close()
+
+
+def chart_texts(page, chart: str) -> list[str]:
+    """The annotations Plotly drew on a chart (the stage names and the phase bands among them), as shown."""
+    return page.eval_on_selector_all(f"#chart-{chart} .annotation-text", "nodes => nodes.map(n => n.textContent)")
+
+
+def test_a_staged_search_marks_its_stages_and_shows_its_selection_and_transfer_check(browser, controller):
+    page, search, errors = finished_page(browser, controller, STAGED_SPEC)
+    assert search["status"] == "completed", search["error"]
+    api = f"/api/searches/{search['id']}/dashboard"
+    page.wait_for_function(LIVE)
+
+    # where each stage starts, and the re-evaluation and validation generations, on the generation and
+    # evaluation axes
+    population = chart_texts(page, "population")
+    assert [t for t in population if t != "no loss:"] == [
+        "global",
+        "fresh seeds",
+        "per-module",
+        "fresh seeds",
+        "validation",
+    ]
+    assert chart_texts(page, "progress") == ["global", "per-module"]
+    traces = page.evaluate("document.getElementById('chart-population').data.map(t => [t.name, t.x.length])")
+    assert ["re-evaluation (fresh seeds)", 8] in traces and ["succeeded", 4] in traces  # 4 search trials plotted
+
+    # the selection: per stage, its sentence as the server words it, and its chart with the choice starred
+    selection = controller.get(f"{api}/selection")
+    for i, stage in enumerate(selection["stages"]):
+        card = page.locator(f"#selection-{i}")
+        card.locator(".main-svg").first.wait_for()
+        assert card.locator(".check-name").inner_text() == stage["stage"]
+        assert card.locator(".check-text").inner_text() == stage["summary"]
+        assert re.fullmatch(
+            r"chose g\d\.\d: search-time \d\.\d{4}, fresh \d\.\d{4} ± \d\.\d{4}: gap [+-]\d\.\d{4}", stage["summary"]
+        )
+        symbols = page.evaluate(f"document.getElementById('chart-selection-{i}').data[2].marker.symbol")
+        assert symbols.count("star") == 1 and symbols[0] == "star"  # the best fresh mean, listed first
+
+    # the transfer check: each arm's curve over tokens and final loss, the speed-up, the recommendation
+    transfer = controller.get(f"{api}/transfer")
+    assert page.inner_text("#transfer-summary") == transfer["summary"]
+    assert transfer["summary"].startswith("Recommendation: use ")
+    card = page.locator("#transfer-0")
+    card.locator(".main-svg").first.wait_for()
+    assert card.locator(".check-name").inner_text() == "width=64"
+    lines = card.locator(".check-text p").all_inner_texts()
+    assert [line.split(":")[0] for line in lines[:3]] == ARMS and lines[3].startswith(
+        "speed-up of per-module over global"
+    )
+    curves = page.evaluate("document.getElementById('chart-transfer-0').data.map(t => [t.name, t.x.length])")
+    assert [name for name, _ in curves] == ARMS and all(points > 2 for _, points in curves)
+    screenshot(page, "dashboard-staged-search")
+
+    # a stage's name is text to Plotly, never markup
+    marks = page.evaluate(
+        "import('/static/charts.js').then(c => c.phaseMarks([{kind: 'search', stage: '<i>s</i>', first: 0, last: 0},"
+        " {kind: 'validation', stage: null, first: 1, last: 1}]).annotations.map(a => a.text))"
+    )
+    assert marks == ["<b>&lt;i&gt;s&lt;/i&gt;</b>", "validation"]
+    assert errors == []
+    page.close()
+
+
+def test_a_search_without_stages_or_checks_hides_both_panels_and_draws_no_stage_marks(browser, controller):
+    page, _, errors = finished_page(browser, controller, TWIN_LOSSES_SPEC)
+    page.wait_for_function(LIVE)
+    assert not page.is_visible("#selection") and not page.is_visible("#transfer")
+    assert chart_texts(page, "population") == ["no loss:"] and chart_texts(page, "progress") == []
+    assert errors == []
     page.close()

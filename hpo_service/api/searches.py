@@ -1,5 +1,5 @@
 """``/api/searches``: submit, list, read and delete searches and their generations; pause, resume, cancel;
-export."""
+the fresh-seed selection and the transfer check; export."""
 
 from __future__ import annotations
 
@@ -12,13 +12,23 @@ from hpo_service.api import spec_body
 from hpo_service.api.admission import AdmittedSpec
 from hpo_service.api.auth import require_token
 from hpo_service.api.deps import NOT_FOUND, CommandsDep, Offset, SearchDep, SearchId, SessionDep, SettingsDep
-from hpo_service.api.schemas import GenerationOut, Problem, SearchCreated, SearchPage, SearchSummary
+from hpo_service.api.schemas import (
+    GenerationOut,
+    Problem,
+    SearchCreated,
+    SearchPage,
+    SearchSummary,
+    SelectionStage,
+    ValidationEntry,
+)
 from hpo_service.api.summaries import summaries
 from hpo_service.engine.commands import CommandError, SearchNotFound
 from hpo_service.export import NoResult, build_export
+from hpo_service.selection import selection_report
 from hpo_service.statuses import SEARCH_COMMANDS, SearchStatus
 from hpo_service.store import queries, writes
 from hpo_service.store.database import transaction
+from hpo_service.validation import validation_report
 from trainer.parameterisation import Shape
 
 router = APIRouter(prefix="/api/searches", tags=["searches"])
@@ -79,10 +89,13 @@ def get_search(search: SearchDep, session: SessionDep) -> SearchSummary:
 
 @router.get("/{search_id}/generations", response_model=list[GenerationOut], responses=NOT_FOUND)
 def list_generations(search: SearchDep, session: SessionDep) -> list[GenerationOut]:
-    """Per generation: its trials, how many ended, best and median loss, diverged and failed counts."""
+    """Per generation (a phase of the plan: a stage's search, its re-evaluation, or the validation): its trials,
+    how many ended, best and median search-time loss, diverged and failed counts."""
     return [
         GenerationOut(
             number=g.number,
+            stage=g.stage,
+            kind=g.kind,
             status=g.status,
             trials=total,
             ended=ended,
@@ -95,6 +108,21 @@ def list_generations(search: SearchDep, session: SessionDep) -> list[GenerationO
         )
         for g, total, ended in queries.generations(session, search.id)
     ]
+
+
+@router.get("/{search_id}/selection", response_model=list[SelectionStage], responses=NOT_FOUND)
+def get_selection(search: SearchDep, session: SessionDep) -> list[dict]:
+    """Per stage that re-trained its top candidates on fresh seeds: their search-time losses against their
+    fresh-seed means, the one chosen and the gap between its two losses; [] before any re-evaluation."""
+    return selection_report(session, search)
+
+
+@router.get("/{search_id}/validation", response_model=list[ValidationEntry], responses=NOT_FOUND)
+def get_validation(search: SearchDep, session: SessionDep) -> list[dict]:
+    """Per validate target with trials: each arm's final losses and seed-mean curve, the result's tokens-to-loss
+    speed-up over the reference arm and the verdict; [] before the transfer check. The arm the evidence supports
+    is the search summary's recommendation."""
+    return validation_report(session, search)
 
 
 @router.post(

@@ -12,7 +12,8 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from hpo_service.spec import SearchSpec
+from hpo_service.spec import SearchSpec, TargetSection
+from trainer.config import TrainConfig
 
 Loc = tuple[str, ...]
 
@@ -49,30 +50,61 @@ class SpecLimits:
         return replace(cls(), **changes)
 
     def violations(self, spec: SearchSpec) -> list[dict]:
-        """Validation errors (``loc`` within the body) for each size of ``spec`` above its limit."""
+        """Validation errors (``loc`` within the body) for each size of ``spec`` above its limit, and of each
+        ``validate`` target's configuration (``SearchSpec.target_config``): a target trains too."""
+        errors = [
+            self._error(name, value, ("body", *limit.loc), limit.what)
+            for name, limit in LIMITS.items()
+            if (value := limit.measure(spec)) > getattr(self, name)
+        ]
+        for index, target in enumerate(spec.validate_.targets if spec.validate_ is not None else []):
+            errors += self._target_violations(spec, index, target)
+        return errors
+
+    def _target_violations(self, spec: SearchSpec, index: int, target: TargetSection) -> list[dict]:
+        """The sizes of target ``index`` above their limits; one the target leaves at the proxy's value is the
+        proxy's error, not the target's."""
+        config = spec.target_config(target)
         errors = []
         for name, limit in LIMITS.items():
-            value = limit.measure(spec)
-            allowed = getattr(self, name)
-            if value > allowed:
-                message = (
-                    f"{limit.what} is {value:,}, above this server's limit of {allowed:,} (an operator raises it "
-                    f"with `hpo serve --limit {name}=N` or HPO_LIMITS={name}=N)"
+            value = limit.measure(config)
+            if value > getattr(self, name) and value != limit.measure(spec):
+                loc = ("body", "validate", "targets", index, *_target_field(name, target))
+                errors.append(
+                    self._error(name, value, loc, f"validate.targets.{index} ({target.label()}): {limit.what}")
                 )
-                errors.append({"type": "limit", "loc": ("body", *limit.loc), "msg": message, "input": value})
         return errors
+
+    def _error(self, name: str, value: int, loc: tuple[str | int, ...], what: str) -> dict:
+        allowed = getattr(self, name)
+        message = (
+            f"{what} is {value:,}, above this server's limit of {allowed:,} (an operator raises it with "
+            f"`hpo serve --limit {name}=N` or HPO_LIMITS={name}=N)"
+        )
+        return {"type": "limit", "loc": loc, "msg": message, "input": value}
 
 
 @dataclass(frozen=True)
 class Limit:
     loc: Loc  # the field an error names
     what: str  # the size, as an error says it
-    measure: Callable[[SearchSpec], int]
+    measure: Callable[[TrainConfig], int]  # of the proxy's configuration, or of a validate target's
 
 
-def _activations(spec: SearchSpec) -> int:
-    m = spec.model
-    return spec.training.batch_size * m.seq_len * m.width * m.depth
+def _activations(config: TrainConfig) -> int:
+    m = config.model
+    return config.training.batch_size * m.seq_len * m.width * m.depth
+
+
+def _target_field(name: str, target: TargetSection) -> tuple[str, ...]:
+    """The target's field that sets the size ``name``; none (the target as a whole) for a size that several set
+    (parameters: width and depth; activations: those and the batch size)."""
+    if name in ("width", "depth", "batch_size"):
+        return (name,)
+    if name != "steps":
+        return ()
+    given = [field for field in ("tokens", "tokens_multiplier") if getattr(target, field) is not None]
+    return (given[0],) if given else ("batch_size",)  # steps are the proxy's tokens over the target's batch
 
 
 LIMITS = {

@@ -8,10 +8,11 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from hpo_service.api.deps import MAX_ID, NOT_FOUND, Offset, SearchDep, SessionDep, TrialId
 from hpo_service.api.schemas import CurvePoint, TrialDetail, TrialOut, TrialPage
-from hpo_service.statuses import TrialStatus
+from hpo_service.statuses import TrialKind, TrialStatus
 from hpo_service.store import queries
 from hpo_service.store.models import Trial
 
+STAGE_NAME = {"max_length": 64, "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"}  # as spec.StageSection.name
 router = APIRouter(prefix="/api/searches/{search_id}/trials", tags=["trials"], responses=NOT_FOUND)
 
 
@@ -21,6 +22,8 @@ def list_trials(
     session: SessionDep,
     generation: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
     status: Annotated[TrialStatus | None, Query()] = None,
+    kind: Annotated[TrialKind | None, Query(description="Only search, reevaluation or validation trials.")] = None,
+    stage: Annotated[str | None, Query(description="Only this stage's trials.", **STAGE_NAME)] = None,
     sort: Annotated[
         Literal["asked", "loss"], Query(description="asked: generation, index; loss: best first")
     ] = "asked",
@@ -28,7 +31,7 @@ def list_trials(
     offset: Offset = 0,
 ) -> TrialPage:
     """The search's trials, in the order they were asked or best loss first."""
-    total, rows = queries.trials_page(session, search.id, limit, offset, generation, status, sort)
+    total, rows = queries.trials_page(session, search.id, limit, offset, generation, status, sort, kind, stage)
     return TrialPage(total=total, limit=limit, offset=offset, trials=[TrialOut.model_validate(r) for r in rows])
 
 

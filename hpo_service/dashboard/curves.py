@@ -1,4 +1,5 @@
-"""Learning curves for the dashboard: the running trials (their streamed progress) and the best trials."""
+"""Learning curves for the dashboard: the running trials of any kind (their streamed progress) and the best
+search trials."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from hpo_service.dashboard.sampling import evenly
 from hpo_service.dashboard.schemas import Curve, Curves
+from hpo_service.statuses import TrialKind
 from hpo_service.store import queries
 
 MAX_RUNNING = 10  # running trials whose curves are drawn (the oldest first)
@@ -34,6 +36,8 @@ def _curve(trial: Row, role: str, points: list[Row]) -> Curve:
         index=trial.index,
         replicate=trial.replicate,
         role=role,
+        kind=trial.kind if role == "running" else TrialKind.SEARCH,
+        arm=trial.arm if role == "running" else None,
         loss=trial.loss,
         step=[p.step for p in train],
         train_loss=[p.train_loss for p in train],

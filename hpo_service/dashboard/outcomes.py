@@ -1,5 +1,9 @@
 """The evaluated trials of a search, aggregated for two charts: the best loss so far against evaluations, and
-the population of each generation (diverged and failed trials apart, since they have no loss)."""
+the population of each generation (diverged and failed trials apart, since they have no loss).
+
+Only search trials are candidates. A stage's re-evaluation (its top candidates on fresh seeds) is drawn apart in
+its own generation; the validation trains at other shapes, so its losses are not drawn here at all. ``phases``
+say where each stage, re-evaluation and validation lies, for the charts to mark."""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from hpo_service.dashboard.sampling import envelope, evenly
-from hpo_service.dashboard.schemas import GenerationStats, LossPoints, Marks, Outcomes
-from hpo_service.statuses import TrialStatus
+from hpo_service.dashboard.schemas import GenerationStats, LossPoints, Marks, Outcomes, Phase
+from hpo_service.statuses import TrialKind, TrialStatus
 from hpo_service.store import queries
 
 MAX_EVALUATED = 1000  # points of the loss-against-evaluations scatter
@@ -26,11 +30,16 @@ class _Generation:
 
 
 def outcomes(session: Session, search_id: int) -> Outcomes:
-    rows = queries.evaluations(session, search_id)
+    rows = queries.evaluations(session, search_id, TrialKind.SEARCH)
+    phases = _phases(session, search_id)
+    phase_of = {g: phase for phase in phases for g in range(phase.first, phase.last + 1)}
     best_so_far, evaluated = LossPoints(), []
     best = math.inf
     generations: dict[int, _Generation] = {}
     for number, row in enumerate(rows, start=1):
+        phase = phase_of.get(row.generation)
+        if phase is not None and phase.first_evaluation is None:
+            phase.first_evaluation = number
         generation = generations.setdefault(row.generation, _Generation())
         if row.status != TrialStatus.SUCCEEDED:
             getattr(generation, row.status).append(row.id)
@@ -44,6 +53,10 @@ def outcomes(session: Session, search_id: int) -> Outcomes:
     for i in envelope([loss for _, loss, _ in evaluated], MAX_EVALUATED // 2):
         _append(shown, *evaluated[i])
     population, diverged, failed, stats = _population(generations)
+    fresh = [r for r in queries.evaluations(session, search_id, TrialKind.REEVALUATION) if r.loss is not None]
+    reevaluated = LossPoints()
+    for i in evenly(len(fresh), MAX_POPULATION):
+        _append(reevaluated, fresh[i].generation, fresh[i].loss, fresh[i].id)
     return Outcomes(
         evaluations=len(rows),
         best_so_far=best_so_far,
@@ -52,11 +65,34 @@ def outcomes(session: Session, search_id: int) -> Outcomes:
         diverged=diverged,
         failed=failed,
         generations=stats,
+        reevaluated=reevaluated,
+        phases=phases,
         sampled=len(shown.x) < len(evaluated)
         or len(population.x) < sum(len(g.succeeded) for g in generations.values())
         or len(diverged.trial_id) < diverged.count
-        or len(failed.trial_id) < failed.count,
+        or len(failed.trial_id) < failed.count
+        or len(reevaluated.x) < len(fresh),
     )
+
+
+def _phases(session: Session, search_id: int) -> list[Phase]:
+    """The search's generations, consecutive ones of the same stage and kind merged."""
+    phases: list[Phase] = []
+    for generation, _, _ in queries.generations(session, search_id):
+        last = phases[-1] if phases else None
+        if last is not None and (last.kind, last.stage) == (generation.kind, generation.stage):
+            last.last = generation.number
+        else:
+            phases.append(
+                Phase(
+                    kind=generation.kind,
+                    stage=generation.stage,
+                    first=generation.number,
+                    last=generation.number,
+                    first_evaluation=None,
+                )
+            )
+    return phases
 
 
 def _population(generations: dict[int, _Generation]) -> tuple[LossPoints, Marks, Marks, GenerationStats]:

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Query
 
 from hpo_service.api.deps import NOT_FOUND, SearchDep, SessionDep, SettingsDep
 from hpo_service.dashboard.cache import AnswerCache
+from hpo_service.dashboard.checks import selection_panel, transfer_panel
 from hpo_service.dashboard.curves import curves
 from hpo_service.dashboard.outcomes import outcomes
-from hpo_service.dashboard.schemas import Curves, MultiplierCharts, Outcomes
+from hpo_service.dashboard.schemas import Curves, MultiplierCharts, Outcomes, SelectionPanel, TransferPanel
 from hpo_service.dashboard.space import multiplier_charts
 
 router = APIRouter(prefix="/api/searches/{search_id}/dashboard", tags=["dashboard"], responses=NOT_FOUND)
@@ -46,3 +47,19 @@ def get_multipliers(
 def get_curves(search: SearchDep, session: SessionDep) -> Curves:
     """Learning curves of the running trials (as they stream in) and of the best trials."""
     return curves(session, search.id)
+
+
+@router.get("/selection", response_model=SelectionPanel)
+def get_selection(search: SearchDep, session: SessionDep, cache: CacheDep) -> SelectionPanel:
+    """Per stage, the re-trained candidates' search-time loss against their fresh-seed mean, and the choice."""
+    return cache.answer(
+        session, search.id, ("selection", search.id, search.status), lambda: selection_panel(session, search)
+    )
+
+
+@router.get("/transfer", response_model=TransferPanel)
+def get_transfer(search: SearchDep, session: SessionDep, cache: CacheDep) -> TransferPanel:
+    """Per validate target, each arm's seed-mean validation curve and final loss, the speed-up and verdict."""
+    return cache.answer(
+        session, search.id, ("transfer", search.id, search.status), lambda: transfer_panel(session, search)
+    )

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from hpo_service.statuses import TrialKind
+
 
 class LossPoints(BaseModel):
     """Trials as points: ``x`` is the evaluation number or the generation, depending on the chart."""
@@ -33,16 +35,31 @@ class GenerationStats(BaseModel):
     failed: list[int] = []
 
 
-class Outcomes(BaseModel):
-    """The evaluated trials: the best loss so far against evaluations, and the population per generation."""
+class Phase(BaseModel):
+    """Consecutive generations of one stage and kind: a stage's search, its re-evaluation, or the validation."""
 
-    evaluations: int = Field(description="Trials evaluated so far (succeeded, diverged or failed).")
+    kind: TrialKind
+    stage: str | None = Field(description="Null for the validation, which follows every stage.")
+    first: int = Field(description="Its first generation.")
+    last: int = Field(description="Its last generation so far.")
+    first_evaluation: int | None = Field(
+        description="A search phase's first evaluation (the best-loss chart's x); null before one has ended."
+    )
+
+
+class Outcomes(BaseModel):
+    """The evaluated search trials: the best loss so far against evaluations, and the population per generation;
+    re-evaluations apart, and validations (at other shapes) not at all."""
+
+    evaluations: int = Field(description="Search trials evaluated so far (succeeded, diverged or failed).")
     best_so_far: LossPoints = Field(description="The evaluations that improved on the best loss, in order.")
     evaluated: LossPoints = Field(description="Successful evaluations; over the cap, each run's lowest and highest.")
     population: LossPoints = Field(description="Successful trials by generation; over the cap, spread by rank.")
     diverged: Marks
     failed: Marks
     generations: GenerationStats
+    reevaluated: LossPoints = Field(description="Fresh-seed runs of the candidates selection re-trained.")
+    phases: list[Phase] = Field(description="Where each stage, re-evaluation and validation lies, in order.")
     sampled: bool = Field(description="Whether some points were left out to keep the answer small.")
 
 
@@ -81,8 +98,10 @@ class Parallel(BaseModel):
 
 
 class MultiplierCharts(BaseModel):
-    """Where the search went in its space of log2 multipliers: the heatmap and the parallel coordinates."""
+    """Where the search went in its space of log2 multipliers: the heatmap and the parallel coordinates. A staged
+    search shows its latest stage, in that stage's coordinates (relative to its centre, the previous choice)."""
 
+    stage: str | None = Field(description="The stage shown; null for a search without stages.")
     bounds: tuple[float, float] = Field(description="The search space's log2 bounds.")
     heatmap: Heatmap
     parallel: Parallel
@@ -94,6 +113,8 @@ class Curve(BaseModel):
     index: int
     replicate: int
     role: Literal["running", "best"]
+    kind: TrialKind = Field(description="The best are search trials; a running trial may be of any kind.")
+    arm: str | None = Field(description="A validation trial's arm.")
     loss: float | None
     step: list[int] = Field(description="Optimizer steps of the train-loss points.")
     train_loss: list[float]
@@ -105,3 +126,76 @@ class Curves(BaseModel):
     """Learning curves of the running trials (streamed while they train) and of the best trials."""
 
     curves: list[Curve]
+
+
+class SelectionCandidate(BaseModel):
+    generation: int
+    index: int
+    search_loss: float = Field(description="Its search-time mean loss.")
+    losses: list[float] = Field(description="Its fresh-seed losses (of the runs that succeeded).")
+    mean: float | None = Field(description="Their mean; null unless every fresh run succeeded.")
+    sd: float | None
+    chosen: bool
+
+
+class StageSelection(BaseModel):
+    """One stage's fresh-seed selection, and a sentence saying where it stands or what it chose."""
+
+    stage: str
+    state: Literal["pending", "running", "chosen", "none chosen", "not run"]
+    candidates: list[SelectionCandidate] = Field(description="Best fresh mean first.")
+    gap: float | None = Field(description="The chosen candidate's search-time loss minus its fresh-seed mean.")
+    summary: str
+
+
+class SelectionPanel(BaseModel):
+    """Per stage, the re-trained candidates' search-time loss against their fresh-seed mean; off without
+    selection."""
+
+    enabled: bool
+    top: int
+    seeds: int
+    stages: list[StageSelection] = Field(description="Every stage, in order.")
+
+
+class ArmCheck(BaseModel):
+    """One arm at one target: its final losses and its seed-mean validation curve."""
+
+    name: str
+    mean: float | None
+    sd: float | None
+    losses: list[float]
+    runs: int
+    unfinished: int
+    tokens: list[float] = Field(description="The seed-mean curve's x, once every run has ended.")
+    loss: list[float]
+    summary: str
+
+
+class TargetCheck(BaseModel):
+    """One ``validate`` target: its arms, the result's speed-up over the reference, and the verdict."""
+
+    index: int
+    label: str
+    arms: list[ArmCheck] = Field(description="The result first, then the reference; none before it started.")
+    speedup: float | None
+    speedup_sd: float | None
+    speedup_over: str | None
+    verdict: str | None
+    summary: str
+
+
+class Recommendation(BaseModel):
+    arm: str
+    reason: str
+
+
+class TransferPanel(BaseModel):
+    """The transfer check: each target's arms, speed-up and verdict, and the arm the evidence supports; off
+    without a ``validate`` section."""
+
+    enabled: bool
+    state: Literal["off", "pending", "running", "done", "not run"]
+    targets: list[TargetCheck]
+    recommendation: Recommendation | None
+    summary: str

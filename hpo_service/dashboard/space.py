@@ -1,5 +1,8 @@
 """Where the search went in its space of log2 multipliers: the best candidates as a module × HP grid, and the
-successful trials as lines over the coordinates (parallel coordinates)."""
+successful trials as lines over the coordinates (parallel coordinates).
+
+Each stage of a staged search has its own space, so the charts show one stage: the latest that has begun (the
+one the search is at, or its last)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from hpo_service.dashboard.sampling import evenly
 from hpo_service.dashboard.schemas import Candidate, Heatmap, MultiplierCharts, Parallel
-from hpo_service.spec import SearchSpec
+from hpo_service.spec import SearchSpace
+from hpo_service.statuses import TrialKind
 from hpo_service.store import queries
 from hpo_service.store.models import Search
 
@@ -21,13 +25,24 @@ RESIDUAL_COLUMN = "branch scale"
 
 
 def multiplier_charts(session: Session, search: Search, top_k: int) -> MultiplierCharts:
-    spec = search.spec
-    names = spec.search_space.coordinates(spec.model.depth)
+    stage, space = _shown_stage(session, search)
+    names = space.coordinates(search.spec.model.depth)
     return MultiplierCharts(
-        bounds=spec.search_space.log2_bounds,
-        heatmap=_heatmap(session, search.id, spec, names, top_k),
-        parallel=_parallel(session, search.id, names),
+        stage=stage,
+        bounds=space.log2_bounds,
+        heatmap=_heatmap(session, search.id, stage, space, names, top_k),
+        parallel=_parallel(session, search.id, stage, names),
     )
+
+
+def _shown_stage(session: Session, search: Search) -> tuple[str | None, SearchSpace]:
+    """The stage the charts show (None without stages: every search trial) and its search space."""
+    stages = search.spec.plan_stages()
+    if search.spec.stages is None:
+        return None, stages[0][1]
+    searched = [g.stage for g, _, _ in queries.generations(session, search.id) if g.kind == TrialKind.SEARCH]
+    name = searched[-1] if searched else stages[0][0]
+    return name, next(space for stage, space, _ in stages if stage == name)
 
 
 def _cell(name: str) -> tuple[str, str]:
@@ -49,12 +64,14 @@ def _label(name: str) -> str:
     return row if column == RESIDUAL_COLUMN else f"{row} {column}"
 
 
-def _heatmap(session: Session, search_id: int, spec: SearchSpec, names: list[str], top_k: int) -> Heatmap:
+def _heatmap(
+    session: Session, search_id: int, stage: str | None, space: SearchSpace, names: list[str], top_k: int
+) -> Heatmap:
     cells = [_cell(name) for name in names]
     rows = list(dict.fromkeys(row for row, _ in cells))
     present = {column for _, column in cells}
-    columns = [h for h in spec.search_space.hps if h in present] + [RESIDUAL_COLUMN] * (RESIDUAL_COLUMN in present)
-    top = queries.best_candidates(session, search_id, top_k)
+    columns = [h for h in space.hps if h in present] + [RESIDUAL_COLUMN] * (RESIDUAL_COLUMN in present)
+    top = queries.best_candidates(session, search_id, top_k, stage)
     vectors = queries.vectors(session, [c.trial_id for c in top])
     matrix = np.array([vectors[c.trial_id] for c in top], dtype=float).reshape(len(top), len(names))
 
@@ -76,8 +93,8 @@ def _heatmap(session: Session, search_id: int, spec: SearchSpec, names: list[str
     )
 
 
-def _parallel(session: Session, search_id: int, names: list[str]) -> Parallel:
-    ranked = queries.ranked_trials(session, search_id)
+def _parallel(session: Session, search_id: int, stage: str | None, names: list[str]) -> Parallel:
+    ranked = queries.ranked_trials(session, search_id, stage=stage)
     half = MAX_LINES // 2
     picked = ranked[:half] + [ranked[half + i] for i in evenly(len(ranked) - half, MAX_LINES - half)]
     vectors = queries.vectors(session, [t.id for t in picked])

@@ -81,13 +81,13 @@ def running_trial_ids(session: Session, search_id: int) -> list[int]:
 # -- the ranking ------------------------------------------------------------------------------------------------
 
 
-def _candidates(search_ids: Sequence[int], generation: int | None = None) -> Subquery:
+def _candidates(search_ids: Sequence[int], generation: int | None = None, stage: str | None = None) -> Subquery:
     """The ranking's one definition: each candidate whose replicates all succeeded, with their mean loss.
 
     Only search trials are ranked (re-evaluations and validations are not candidates of the search). A diverged
     or failed trial never counts, nor do the other replicates of its candidate; a candidate with replicates
     still to train is not ranked yet. Columns: ``search_id, generation, index, loss`` (the mean)
-    and ``trial_id`` (its first replicate's, for the shared vector and multipliers).
+    and ``trial_id`` (its first replicate's, for the shared vector and multipliers). ``stage``: that stage's only.
     """
     succeeded = func.sum(case((Trial.status == TrialStatus.SUCCEEDED, 1), else_=0))
     query = select(
@@ -99,6 +99,8 @@ def _candidates(search_ids: Sequence[int], generation: int | None = None) -> Sub
     ).where(Trial.search_id.in_(search_ids), Trial.kind == TrialKind.SEARCH)
     if generation is not None:
         query = query.where(Trial.generation == generation)
+    if stage is not None:
+        query = query.where(Trial.stage == stage)
     return query.group_by(Trial.search_id, Trial.generation, Trial.index).having(func.count() == succeeded).subquery()
 
 
@@ -109,9 +111,10 @@ def best_losses(session: Session, search_ids: Sequence[int]) -> dict[int, float 
     return dict.fromkeys(search_ids, None) | dict(rows)
 
 
-def best_candidates(session: Session, search_id: int, limit: int | None = None) -> list[Row]:
-    """The search's ranked candidates, best first: ``generation, index, loss`` (the mean) and ``trial_id``."""
-    ranked = _candidates([search_id])
+def best_candidates(session: Session, search_id: int, limit: int | None = None, stage: str | None = None) -> list[Row]:
+    """The search's ranked candidates (of one ``stage``, or all), best first: ``generation, index, loss`` (the
+    mean) and ``trial_id``."""
+    ranked = _candidates([search_id], stage=stage)
     return list(
         session.execute(
             select(ranked.c.generation, ranked.c.index, ranked.c.loss, ranked.c.trial_id)
@@ -156,6 +159,30 @@ def generations_completed(session: Session, search_ids: Sequence[int]) -> dict[i
     return dict.fromkeys(search_ids, 0) | dict(rows)
 
 
+def latest_generations(session: Session, search_ids: Sequence[int]) -> dict[int, Generation | None]:
+    """Each search's last generation asked (the current one while it runs), None before the first."""
+    last = (
+        select(Generation.search_id, func.max(Generation.number).label("number"))
+        .where(Generation.search_id.in_(search_ids))
+        .group_by(Generation.search_id)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(Generation).join(last, (Generation.search_id == last.c.search_id) & (Generation.number == last.c.number))
+    )
+    return dict.fromkeys(search_ids, None) | {g.search_id: g for g in rows}
+
+
+def generation_kinds(session: Session, search_ids: Sequence[int]) -> dict[int, set[str]]:
+    """The kinds of generation (``TrialKind``, each its trials' kind) each search has asked."""
+    kinds: dict[int, set[str]] = {search_id: set() for search_id in search_ids}
+    query = select(Generation.search_id, Generation.kind).where(Generation.search_id.in_(search_ids)).distinct()
+    rows = session.execute(query)
+    for search_id, kind in rows:
+        kinds[search_id].add(kind)
+    return kinds
+
+
 def searches_page(
     session: Session, status: str | None, name: str | None, limit: int, offset: int
 ) -> tuple[int, list[Search]]:
@@ -178,6 +205,8 @@ def trials_page(
     generation: int | None = None,
     status: str | None = None,
     order: TrialOrder = "asked",
+    kind: str | None = None,
+    stage: str | None = None,
 ) -> tuple[int, list[Trial]]:
     """Trials in the order they were asked (generation, index, replicate), or by loss (unfinished last)."""
     query: Select = select(Trial).where(Trial.search_id == search_id)
@@ -185,6 +214,10 @@ def trials_page(
         query = query.where(Trial.generation == generation)
     if status:
         query = query.where(Trial.status == status)
+    if kind:
+        query = query.where(Trial.kind == kind)
+    if stage:
+        query = query.where(Trial.stage == stage)
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     asked = (Trial.generation, Trial.index, Trial.replicate)
     ordering = (Trial.loss.is_(None), Trial.loss, *asked) if order == "loss" else asked
@@ -216,27 +249,26 @@ def trial_outcomes(session: Session, search_id: int) -> list[Row]:
     return list(session.execute(query).all())
 
 
-def evaluations(session: Session, search_id: int) -> list[Row]:
-    """The search's evaluated trials in the order they ended: ``id, generation, status, loss`` each."""
+def evaluations(session: Session, search_id: int, kind: TrialKind) -> list[Row]:
+    """The search's evaluated trials of one kind in the order they ended: ``id, generation, status, loss`` each."""
     return list(
         session.execute(
             select(Trial.id, Trial.generation, Trial.status, Trial.loss)
-            .where(Trial.search_id == search_id, Trial.status.in_(TRIAL_OUTCOMES))
+            .where(Trial.search_id == search_id, Trial.kind == kind, Trial.status.in_(TRIAL_OUTCOMES))
             .order_by(Trial.finished_at, Trial.id)
         ).all()
     )
 
 
-def ranked_trials(session: Session, search_id: int, limit: int | None = None) -> list[Row]:
-    """``id, generation, index, replicate, loss`` of the trials that succeeded, lowest loss first."""
-    return list(
-        session.execute(
-            select(Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss)
-            .where(Trial.search_id == search_id, Trial.status == TrialStatus.SUCCEEDED)
-            .order_by(Trial.loss, Trial.id)
-            .limit(limit)
-        ).all()
+def ranked_trials(session: Session, search_id: int, limit: int | None = None, stage: str | None = None) -> list[Row]:
+    """``id, generation, index, replicate, loss`` of the search trials (of one ``stage``, or all) that succeeded,
+    lowest loss first; re-evaluations and validations are not candidates."""
+    query = select(Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss).where(
+        Trial.search_id == search_id, Trial.kind == TrialKind.SEARCH, Trial.status == TrialStatus.SUCCEEDED
     )
+    if stage is not None:
+        query = query.where(Trial.stage == stage)
+    return list(session.execute(query.order_by(Trial.loss, Trial.id).limit(limit)).all())
 
 
 def vectors(session: Session, trial_ids: Sequence[int]) -> dict[int, list[float]]:
@@ -245,10 +277,11 @@ def vectors(session: Session, trial_ids: Sequence[int]) -> dict[int, list[float]
 
 
 def running_trials(session: Session, search_id: int, limit: int) -> list[Row]:
-    """``id, generation, index, replicate, loss`` (none yet) of the search's running trials, oldest first."""
+    """``id, generation, index, replicate, loss`` (none yet), ``kind`` and ``arm`` of the search's running
+    trials, oldest first."""
     return list(
         session.execute(
-            select(Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss)
+            select(Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss, Trial.kind, Trial.arm)
             .where(Trial.search_id == search_id, Trial.status == TrialStatus.RUNNING)
             .order_by(Trial.id)
             .limit(limit)

@@ -24,6 +24,14 @@ const COLOURS = {
   ],
   top: ["#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"],
   highlight: "#ff7f0e", // no band of VIRIDIS is orange
+  fresh: "#c98a00",
+  chosen: "#1b9e5a",
+};
+// The transfer check's arms, the same colour at every target; an arm not named here takes the fallback.
+const ARM_COLOURS = { "per-module": "#3b6fb6", global: "#e6550d", base: "#7a7a7a" };
+const PHASE_BANDS = {
+  reevaluation: { fill: "rgba(201, 138, 0, 0.12)", label: "fresh seeds" },
+  validation: { fill: "rgba(117, 107, 177, 0.14)", label: "validation" },
 };
 // ColorBrewer's RdBu, white at 0: blue a smaller HP than the base, red a larger one
 const DIVERGING = [
@@ -82,6 +90,89 @@ function octaveTicks([low, high]) {
   return { tickvals: values, ticktext: values.map(factor) };
 }
 
+/** Text for Plotly, which reads its labels as HTML-like markup: user input (a stage's name) as plain text. */
+export function plain(text) {
+  return String(text).replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
+}
+
+/** A labelled vertical line where a stage starts, at `x` on the x axis. */
+function stageStart(x, name) {
+  return {
+    shape: { type: "line", xref: "x", yref: "paper", x0: x, x1: x, y0: 0, y1: 1, line: { color: "#555", width: 1.5 } },
+    annotation: {
+      text: `<b>${plain(name)}</b>`,
+      xref: "x",
+      yref: "paper",
+      x,
+      y: 1,
+      xanchor: "left",
+      yanchor: "bottom",
+      showarrow: false,
+      font: { size: 11, color: "#333" },
+    },
+  };
+}
+
+/**
+ * The stages of a search on a chart whose x axis is the generation (or, with `evaluations`, the evaluation
+ * number of the best-loss chart, where only search trials lie): a line and the stage's name where each stage
+ * starts, and a shaded band over each re-evaluation and validation generation. Nothing for a plain search.
+ */
+export function phaseMarks(phases, evaluations = false) {
+  const marks = { shapes: [], annotations: [] };
+  if (phases.length < 2) return marks;
+  for (const phase of phases) {
+    if (phase.kind === "search") {
+      const x = evaluations ? phase.first_evaluation : phase.first;
+      if (x == null) continue;
+      const { shape, annotation } = stageStart(x - 0.5, phase.stage);
+      marks.shapes.push(shape);
+      marks.annotations.push(annotation);
+    } else if (!evaluations) {
+      const band = PHASE_BANDS[phase.kind];
+      marks.shapes.push({
+        type: "rect",
+        xref: "x",
+        yref: "paper",
+        x0: phase.first - 0.5,
+        x1: phase.last + 0.5,
+        y0: 0,
+        y1: 1,
+        fillcolor: band.fill,
+        line: { width: 0 },
+        layer: "below",
+      });
+      marks.annotations.push({
+        text: band.label,
+        xref: "x",
+        yref: "paper",
+        x: (phase.first + phase.last) / 2,
+        y: 1,
+        yanchor: "bottom",
+        showarrow: false,
+        font: { size: 10, color: "#555" },
+      });
+    }
+  }
+  return marks;
+}
+
+/** `values` by generation `numbers`, with a break (null) wherever generations are skipped: a stage's line
+ * does not run on into the next stage across its re-evaluation. */
+function broken(numbers, values) {
+  const x = [];
+  const y = [];
+  numbers.forEach((number, i) => {
+    if (i > 0 && number > numbers[i - 1] + 1) {
+      x.push(null);
+      y.push(null);
+    }
+    x.push(number);
+    y.push(values[i]);
+  });
+  return { x, y };
+}
+
 /** Spread points of one generation sideways, deterministically per trial (golden-ratio hashing). */
 function jitter(trialId) {
   return (((trialId * 0.6180339887) % 1) - 0.5) * 0.6;
@@ -113,12 +204,15 @@ export function progressFigure(o) {
       hovertemplate: "after %{x} evaluations<br>best %{y:.4f}<extra></extra>",
     },
   ];
+  const marks = phaseMarks(o.phases, true);
   return {
     data,
     layout: layout({
-      xaxis: axis("evaluations (trials ended)", { rangemode: "tozero" }),
+      xaxis: axis("evaluations (search trials ended)", { rangemode: "tozero" }),
       yaxis: axis(LOSS_TITLE),
       legend: { x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.8)" },
+      ...marks,
+      margin: { l: 64, r: 16, t: marks.shapes.length ? 28 : 8, b: 52 },
     }),
   };
 }
@@ -148,12 +242,24 @@ export function populationFigure(o) {
       marker: { color: COLOURS.succeeded, size: 6, opacity: 0.65 },
       hovertemplate: "trial #%{customdata[1]}<br>generation %{customdata[0]}<br>loss %{y:.4f}<extra></extra>",
     },
+  ];
+  const fresh = {
+    type: "scatter",
+    mode: "markers",
+    name: "re-evaluation (fresh seeds)",
+    x: o.reevaluated.x.map((gen, i) => gen + jitter(o.reevaluated.trial_id[i])),
+    y: o.reevaluated.loss,
+    customdata: o.reevaluated.x.map((gen, i) => [gen, o.reevaluated.trial_id[i]]),
+    marker: { color: COLOURS.fresh, size: 8, symbol: "diamond", opacity: 0.8 },
+    hovertemplate: "trial #%{customdata[1]}<br>generation %{customdata[0]}<br>fresh seed: %{y:.4f}<extra></extra>",
+  };
+  if (o.phases.some((phase) => phase.kind === "reevaluation")) data.push(fresh);
+  data.push(
     {
       type: "scatter",
       mode: "lines+markers",
       name: "generation best",
-      x: g.number,
-      y: g.best,
+      ...broken(g.number, g.best),
       line: { color: COLOURS.best, width: 2 },
       marker: { size: 5 },
       hovertemplate: "generation %{x}<br>best %{y:.4f}<extra></extra>",
@@ -162,23 +268,24 @@ export function populationFigure(o) {
       type: "scatter",
       mode: "lines",
       name: "generation median",
-      x: g.number,
-      y: g.median,
+      ...broken(g.number, g.median),
       line: { color: COLOURS.median, width: 1.5, dash: "dash" },
       hovertemplate: "generation %{x}<br>median %{y:.4f}<extra></extra>",
     },
     marks("diverged", 0.97, "x"),
     marks("failed", 0.9, "triangle-up"),
-  ];
-  const many = g.number.length > 20;
+  );
+  const last = Math.max(0, ...g.number, ...o.phases.map((phase) => phase.last));
+  const stages = phaseMarks(o.phases);
   return {
     data,
     layout: layout({
-      xaxis: axis("generation", { dtick: many ? null : 1, range: [-0.6, Math.max(0, ...g.number) + 0.6] }),
+      xaxis: axis("generation", { dtick: last > 20 ? null : 1, range: [-0.6, last + 0.6] }),
       yaxis: axis(LOSS_TITLE, { domain: [0, 0.84] }),
       // diverged and failed trials have no loss: they sit in a band above the plot, not at a made-up value
       yaxis2: { domain: [0.86, 1], range: [0.85, 1.02], visible: false, fixedrange: true },
       shapes: [
+        ...stages.shapes,
         {
           type: "rect",
           xref: "paper",
@@ -193,6 +300,7 @@ export function populationFigure(o) {
         },
       ],
       annotations: [
+        ...stages.annotations,
         {
           text: "no loss:",
           xref: "paper",
@@ -205,7 +313,7 @@ export function populationFigure(o) {
         },
       ],
       legend: { orientation: "h", y: -0.3 },
-      margin: { l: 64, r: 16, t: 8, b: 70 },
+      margin: { l: 64, r: 16, t: stages.shapes.length ? 28 : 8, b: 70 },
     }),
   };
 }
@@ -371,8 +479,9 @@ export function curvesFigure(c) {
       ? COLOURS.running[running++ % COLOURS.running.length]
       : COLOURS.top[best++ % COLOURS.top.length];
     const candidate = `g${curve.generation}.${curve.index}${curve.replicate ? ` r${curve.replicate}` : ""}`;
+    const kind = curve.kind === "search" ? "" : ` ${curve.kind}${curve.arm ? ` ${plain(curve.arm)}` : ""}`;
     const name = isRunning
-      ? `running #${curve.trial_id} (${candidate})`
+      ? `running${kind} #${curve.trial_id} (${candidate})`
       : `best #${curve.trial_id} (${candidate}): ${curve.loss.toFixed(4)}`;
     const group = `trial-${curve.trial_id}`;
     data.push(
@@ -406,6 +515,88 @@ export function curvesFigure(c) {
       yaxis: axis("loss (nats/token)"),
       legend: { x: 1.01, y: 1 },
       margin: { l: 64, r: 16, t: 8, b: 52 },
+    }),
+  };
+}
+
+/** A stage's selection: each re-trained candidate's search-time loss against its fresh-seed runs and their
+ * mean ± sd, the chosen one in green. */
+export function selectionFigure(stage) {
+  const c = stage.candidates;
+  const labels = c.map((x) => `g${x.generation}.${x.index}`);
+  const data = [
+    {
+      type: "scatter",
+      mode: "markers",
+      name: "search-time loss",
+      x: labels,
+      y: c.map((x) => x.search_loss),
+      marker: { symbol: "circle-open", size: 11, color: COLOURS.succeeded, line: { width: 2 } },
+      hovertemplate: "%{x}<br>search-time %{y:.4f}<extra></extra>",
+    },
+    {
+      type: "scatter",
+      mode: "markers",
+      name: "fresh seed",
+      x: c.flatMap((x, i) => x.losses.map(() => labels[i])),
+      y: c.flatMap((x) => x.losses),
+      marker: { size: 5, color: COLOURS.fresh, opacity: 0.6 },
+      hovertemplate: "%{x}<br>fresh seed %{y:.4f}<extra></extra>",
+    },
+    {
+      type: "scatter",
+      mode: "markers",
+      name: "fresh mean ± sd",
+      x: labels,
+      y: c.map((x) => x.mean),
+      error_y: { type: "data", array: c.map((x) => x.sd ?? 0), color: COLOURS.fresh, thickness: 1.5, width: 6 },
+      marker: {
+        symbol: c.map((x) => (x.chosen ? "star" : "diamond")),
+        size: c.map((x) => (x.chosen ? 16 : 10)),
+        color: c.map((x) => (x.chosen ? COLOURS.chosen : COLOURS.fresh)),
+      },
+      hovertemplate: "%{x}<br>fresh mean %{y:.4f}<extra></extra>",
+    },
+  ];
+  const chosen = c.findIndex((x) => x.chosen);
+  const annotations =
+    chosen < 0
+      ? []
+      : [{ text: "chosen", x: labels[chosen], y: c[chosen].mean, ax: 34, ay: -22, font: { color: COLOURS.chosen } }];
+  return {
+    data,
+    layout: layout({
+      height: 280,
+      xaxis: axis("candidate (generation.index), by fresh mean", { type: "category" }),
+      yaxis: axis("loss (nats/token)"),
+      annotations,
+      legend: { orientation: "h", y: 1.02, yanchor: "bottom", x: 0 },
+      margin: { l: 64, r: 16, t: 48, b: 52 },
+    }),
+  };
+}
+
+/** One transfer-check target: the seed-mean validation curve against tokens of each arm whose runs have ended. */
+export function transferFigure(target) {
+  const arms = target.arms.filter((arm) => arm.tokens.length);
+  const data = arms.map((arm) => ({
+    type: "scatter",
+    mode: "lines+markers",
+    name: plain(arm.name),
+    x: arm.tokens,
+    y: arm.loss,
+    line: { color: ARM_COLOURS[arm.name] ?? COLOURS.highlight, width: 2 },
+    marker: { size: 4 },
+    hovertemplate: `${plain(arm.name)}<br>%{x:,} tokens<br>seed-mean loss %{y:.4f}<extra></extra>`,
+  }));
+  return {
+    data,
+    layout: layout({
+      height: 300,
+      xaxis: axis("tokens", { rangemode: "tozero" }),
+      yaxis: axis("validation loss, seed mean (nats/token)"),
+      legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
+      margin: { l: 64, r: 16, t: 28, b: 52 },
     }),
   };
 }

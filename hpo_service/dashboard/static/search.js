@@ -1,6 +1,6 @@
-// One search, live: its summary is polled every 1.5 s; the charts of finished trials and the trial table are
-// re-read when the trial counts change, and the learning curves on every poll while trials are running. While
-// no trial has succeeded, a notice says why in place of the loss charts.
+// One search, live: its summary is polled every 1.5 s; the charts of finished trials, the selection and transfer
+// check panels and the trial table are re-read when the trial counts change, and the learning curves on every
+// poll while trials are running. While no trial has succeeded, a notice says why in place of the loss charts.
 import {
   addStatusOptions,
   age,
@@ -21,7 +21,9 @@ import {
   parallelFigure,
   populationFigure,
   progressFigure,
+  selectionFigure,
   spreadFigure,
+  transferFigure,
 } from "./charts.js";
 
 const searchId = document.body.dataset.searchId;
@@ -34,6 +36,7 @@ let plotly = null; // 4.7 MB to compile: run at the first chart, once the summar
 let lastCounts = null;
 let tablePage = 0;
 let commandStatus = null; // the status the last command's message names; the message goes when it changes
+const panels = { selection: true, transfer: true }; // false once the server says the search has no such panel
 
 async function draw(id, figure) {
   plotly ??= loadScript("/static/plotly.min.js").then(() => window.Plotly);
@@ -114,11 +117,13 @@ async function refreshOutcomes() {
 async function refreshMultipliers() {
   const m = await getJSON(`${api}/dashboard/multipliers`);
   const best = m.heatmap.best_candidate;
+  const stage = m.stage == null ? "" : `· stage ${m.stage}, relative to its centre (the previous stage's choice) `;
   text(
     "heatmap-note",
-    best
-      ? `· generation ${best.generation}, candidate ${best.index}: loss ${formatLoss(best.loss)}`
-      : "· none has succeeded yet",
+    stage +
+      (best
+        ? `· generation ${best.generation}, candidate ${best.index}: loss ${formatLoss(best.loss)}`
+        : "· none has succeeded yet"),
   );
   text("top-k", m.heatmap.top_k || "k");
   const p = m.parallel;
@@ -139,6 +144,75 @@ async function refreshCurves() {
   await draw("chart-curves", curvesFigure(await getJSON(`${api}/dashboard/curves`)));
 }
 
+/** A check's card in `container` (made the first time): its name, a badge, sentences, and a chart. */
+function checkCard(container, id) {
+  const existing = document.getElementById(id);
+  if (existing) return existing;
+  const card = el(
+    "figure",
+    { id, class: "check" },
+    el("figcaption", {}, el("span", { class: "check-name" }), " ", el("span", { class: "status" })),
+    el("div", { class: "check-text" }),
+    el("div", { id: `chart-${id}`, class: "chart" }),
+  );
+  document.getElementById(container).append(card);
+  return card;
+}
+
+/** Fill a check's card: `name` and `state` as text, one paragraph per sentence; its chart drawn or hidden. */
+async function fillCheck(card, name, state, sentences, figure) {
+  card.querySelector(".check-name").textContent = name;
+  card.querySelector(".status").replaceWith(el("span", { class: `status ${state.replaceAll(" ", "-")}` }, state));
+  card.querySelector(".check-text").replaceChildren(...sentences.map((line) => el("p", {}, line)));
+  const chart = card.querySelector(".chart");
+  chart.hidden = figure == null;
+  if (figure != null) await draw(chart.id, figure);
+}
+
+async function refreshSelection() {
+  const panel = await getJSON(`${api}/dashboard/selection`);
+  panels.selection = panel.enabled;
+  document.getElementById("selection").hidden = !panel.enabled;
+  await Promise.all(
+    panel.stages.map((stage, i) =>
+      fillCheck(
+        checkCard("selection-stages", `selection-${i}`),
+        stage.stage,
+        stage.state,
+        [stage.summary],
+        stage.candidates.length ? selectionFigure(stage) : null,
+      ),
+    ),
+  );
+}
+
+async function refreshTransfer() {
+  const panel = await getJSON(`${api}/dashboard/transfer`);
+  panels.transfer = panel.enabled;
+  document.getElementById("transfer").hidden = !panel.enabled;
+  text("transfer-summary", panel.summary);
+  await Promise.all(
+    panel.targets.map((target, i) =>
+      fillCheck(
+        checkCard("transfer-targets", `transfer-${i}`),
+        target.label,
+        target.verdict ?? "pending",
+        [...target.arms.map((arm) => arm.summary), target.summary],
+        target.arms.some((arm) => arm.tokens.length) ? transferFigure(target) : null,
+      ),
+    ),
+  );
+}
+
+/** What a trial trains for: its stage, a re-evaluation's fresh seed, or a validation's arm and target. */
+function purpose(t) {
+  if (t.kind === "validation") {
+    const target = Object.entries(t.target ?? {}).filter(([key]) => key !== "index");
+    return `validation · ${t.arm} · ${target.map(([key, value]) => `${key}=${value}`).join(" ")}`;
+  }
+  return t.kind === "reevaluation" ? `${t.stage} · fresh seed` : (t.stage ?? "");
+}
+
 function trialRow(t) {
   const candidate = `g${t.generation}.${t.index}${t.replicate ? ` r${t.replicate}` : ""}`;
   const error = t.error
@@ -149,6 +223,7 @@ function trialRow(t) {
     { "data-trial-id": t.id },
     el("td", { class: "num" }, `#${t.id}`),
     el("td", {}, candidate),
+    el("td", {}, purpose(t)),
     el("td", {}, statusBadge(t.status)),
     el("td", { class: "num" }, formatLoss(t.loss)),
     el("td", { class: "num" }, String(t.seed)),
@@ -186,6 +261,8 @@ async function refresh() {
   renderNoSuccess(search, failure);
   const work = changed ? [refreshTable()] : [];
   if (changed && failure == null) work.push(refreshOutcomes(), refreshMultipliers());
+  if (changed && panels.selection) work.push(refreshSelection());
+  if (changed && panels.transfer) work.push(refreshTransfer());
   if (!card("curves").hidden && (changed || search.trials.running > 0)) work.push(refreshCurves());
   await Promise.all(work);
   lastCounts = counts;
