@@ -633,67 +633,109 @@ def transfer_batch_unscaled_duration() -> str:
 # -- per-module against global HPs ---------------------------------------------------------------------------
 
 
-def per_module_summary() -> dict:
-    return results("per_module.json")["summary"]
+PER_MODULE_UNITS = {  # unit: its column
+    "staged": "staged: global, then per-module (LR, init std)",
+    "staged-lr": "staged, per-module LR only",
+    "staged-no-selection": "staged, without fresh-seed selection",
+}
+PER_MODULE_TARGETS = {"width": "4× wider", "depth": "2× deeper", "tokens": "2× tokens", "all": "all three"}
+
+
+def per_module_results() -> dict:
+    return results("per_module.json")
+
+
+def loss_cell(stats: dict | None) -> str:
+    if stats is None or stats.get("mean") is None:
+        return "pending"
+    sd = stats.get("sd", stats.get("std"))
+    return f"{num(stats['mean'], 3)} ± {num(sd, 3)}" if sd is not None else num(stats["mean"], 3)
+
+
+def speedup_cell(row: dict) -> str:
+    if row["speedup"] is None:
+        return "n/a"
+    spread = f" ± {num(row['speedup_sd'])}" if row["speedup_sd"] is not None else ""
+    return bold(f"{num(row['speedup'])}×{spread}", row["speedup"] >= 1.2)
 
 
 @part("per_module", "per_module.json")
 def per_module_table() -> str:
-    data = results("per_module.json")
-    summary, settings = data["summary"], data["settings"]
-    tokens = data["exports"]["global"]["base"]["base_shape"]["tokens"]
-    labels = {
-        "proxy": "proxy (fresh seeds)",
-        "target": (
-            f"target, {settings['width_factor']}× wider, {settings['depth_factor']}× deeper, "
-            f"{settings['token_factor']}× tokens"
-        ),
-    }
-    rows = []
-    for scale, label in labels.items():
-        row = summary[scale]
-        global_mean, per_module_mean = row["global"]["mean"], row["per_module"]["mean"]
-        if row["speed_up"] is None:
-            speed_up = f"global never reaches it within the same {tokens / 1000:.0f}k tokens (> 1×)"
-        else:
-            speed_up = (
-                f"**{num(row['speed_up'])}×**: global reaches the per-module final loss at "
-                f"{row['speed_up']:.0%} of the tokens"
-            )
-        rows.append(
-            [
-                label,
-                bold(f"{num(global_mean, 3)} ± {num(row['global']['std'], 3)}", global_mean < per_module_mean),
-                bold(f"{num(per_module_mean, 3)} ± {num(row['per_module']['std'], 3)}", per_module_mean < global_mean),
-                speed_up,
-            ]
-        )
-    return table(["", "global HPs", "per-module HPs", "speed-up of per-module"], rows)
+    """Rows: the proxy and each target; columns: the equal-budget global HPs, then each staged unit's
+    final loss and its speed-up over global (tokens to the same loss; > 1: per-module is faster)."""
+    data = per_module_results()
+    units, comparisons = data["units"], data.get("comparisons", {})
+    baseline = units.get("global")
+    header = ["", "global HPs (equal budget)"] + [PER_MODULE_UNITS[u] for u in PER_MODULE_UNITS]
+    proxy = ["proxy (fresh seeds)", loss_cell(baseline and baseline["proxy"])]
+    for unit in PER_MODULE_UNITS:
+        found = units.get(unit)
+        proxy.append(loss_cell(found and found["proxy"]) + ("" if unit != "staged-no-selection" else " (search seed)"))
+    rows = [proxy]
+    for key, label in PER_MODULE_TARGETS.items():
+        entry = next((e for e in (baseline or {}).get("validation", []) if target_key(e["target"]) == key), None)
+        row = [label, loss_cell(None if entry is None else {"mean": mean(entry["losses"]), "sd": sd(entry["losses"])})]
+        for unit in PER_MODULE_UNITS:
+            compared = next((v for k, v in comparisons.get(unit, {}).items() if label_key(k) == key), None)
+            if compared is None:
+                row.append("pending")
+            else:
+                row.append(f"{loss_cell(compared['per_module'])}, {speedup_cell(compared)}")
+        rows.append(row)
+    return table(header, rows)
 
 
-@part("per_module.wall", "per_module.json")
-def per_module_wall() -> str:
-    data = results("per_module.json")
-    total, searches = data["total_seconds"] / 60, data["search_seconds"] / 60
-    return f"{num(total, 0)} minutes: searches {num(searches, 1)}, evaluations {num(total - searches, 1)}"
+def target_key(target: dict) -> str:
+    return label_key(target["label"])
 
 
-@part("per_module.token_saving", "per_module.json")
-def per_module_token_saving() -> str:
-    """The share of tokens global HPs save reaching the per-module final loss at the target."""
-    return f"{1 - per_module_summary()['target']['speed_up']:.0%}"
+def label_key(label: str) -> str:
+    """Which of ``PER_MODULE_TARGETS`` a target's label names."""
+    names = {part.partition("=")[0] for part in label.split()}
+    if len(names) > 1:
+        return "all"
+    return {"width": "width", "depth": "depth", "tokens_multiplier": "tokens"}[names.pop()]
 
 
-@part("per_module.proxy_gain", "per_module.json")
-def per_module_proxy_gain() -> str:
-    proxy = per_module_summary()["proxy"]
-    return num(proxy["global"]["mean"] - proxy["per_module"]["mean"])
+def mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
 
 
-@part("per_module.target_loss", "per_module.json")
-def per_module_target_loss() -> str:
-    target = per_module_summary()["target"]
-    return num(target["per_module"]["mean"] - target["global"]["mean"], 3)
+def sd(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+@part("per_module.units", "per_module.json")
+def per_module_units() -> str:
+    data = per_module_results()
+    done = [u for u in ("global", *PER_MODULE_UNITS) if u in data["units"]]
+    hours = sum(u["wall_s"] for u in data["units"].values()) / 3600
+    finished = ", ".join(done) or "none"
+    return f"{len(done)} of {1 + len(PER_MODULE_UNITS)} units finished ({finished}; {num(hours, 1)} hours)"
+
+
+@part("per_module.setup", "per_module.json")
+def per_module_setup() -> str:
+    s = per_module_results()["settings"]
+    tokens = s["steps"] * 16 * 64
+    trials = s["population"] * s["generations"]
+    return (
+        f"width {s['width']}, depth {s['depth']}, {s['steps']} steps of 16 × 64 bytes ({tokens:,} tokens); "
+        f"{2 * trials} search trials per unit ({s['population']} × {s['generations']} per stage), the top "
+        f"{s['top']} re-trained on 2 fresh seeds, results checked on {s['seeds']} fresh seeds"
+    )
+
+
+@part("per_module.gaps", "per_module.json")
+def per_module_gaps() -> str:
+    units = per_module_results()["units"]
+    gaps = [
+        f"{unit} {stage['stage']} {num(stage['gap'], 3)}"
+        for unit, found in units.items()
+        for stage in found["selection"]
+        if stage["gap"] is not None
+    ]
+    return "; ".join(gaps) or "none measured yet"
 
 
 # -- RELIABILITY.md: load ------------------------------------------------------------------------------------

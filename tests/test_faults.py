@@ -34,7 +34,7 @@ from hpo_service.engine.executor import RayExecutor
 from hpo_service.spec import SearchSpec
 from hpo_service.statuses import FINAL_SEARCH, SearchStatus, TrialStatus
 from hpo_service.store.database import database_url, open_database, session_factory, upgrade
-from hpo_service.store.models import Search, Trial
+from hpo_service.store.models import Generation, Search, Trial
 from tests.controller import ROOT, Controller, free_port
 from tests.trial_fns import EXECUTION_LOG, PACE_S, Execution, candidate_key, read_executions
 
@@ -63,13 +63,12 @@ def logged_controller(db_url: str, tmp_path: Path) -> tuple[Controller, Path]:
     return Controller(db_url, tmp_path / "controller.log", env=env), log
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, local_ray) -> Reference:
-    """(generation, index) -> (vector, loss) of the search run in one go."""
-    url = database_url(str(tmp_path_factory.mktemp("reference") / "hpo.db"))
+def run_in_one_go(spec: dict, folder: Path) -> list[Trial]:
+    """The trials of ``spec`` run to completion in this process, on a store of its own in ``folder``."""
+    url = database_url(str(folder / "hpo.db"))
     upgrade(url)
     sessions = session_factory(open_database(url))
-    search = Commands(sessions).create(SearchSpec.model_validate(SPEC))
+    search = Commands(sessions).create(SearchSpec.model_validate(spec))
     engine = Engine(sessions)
     engine.executor = RayExecutor()
     try:
@@ -77,12 +76,20 @@ def reference(tmp_path_factory, local_ray) -> Reference:
         while time.monotonic() < deadline:
             engine.turn()
             with sessions() as session:
-                if session.get(Search, search.id).status == SearchStatus.COMPLETED:
-                    trials = session.scalars(select(Trial).where(Trial.search_id == search.id)).all()
-                    return {(t.generation, t.index): (t.vector, t.loss) for t in trials}
+                ended = session.get(Search, search.id)
+                if ended.status in FINAL_SEARCH:
+                    assert ended.status == SearchStatus.COMPLETED, ended.error
+                    return list(session.scalars(select(Trial).where(Trial.search_id == search.id)))
         pytest.fail("the reference search did not complete")
     finally:
         engine.executor.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, local_ray) -> Reference:
+    """(generation, index) -> (vector, loss) of the search run in one go."""
+    trials = run_in_one_go(SPEC, tmp_path_factory.mktemp("reference"))
+    return {(t.generation, t.index): (t.vector, t.loss) for t in trials}
 
 
 def assert_matches_reference(trials: list[dict], reference: Reference) -> None:
@@ -187,6 +194,22 @@ def assert_returned_once(trials: list[dict], runs: Runs) -> None:
         assert returned[0].loss == t["loss"]
 
 
+def assert_reruns_cut_short_by(kills: list[tuple[float, set[int]]], trials: list[dict], runs: Runs) -> None:
+    """Each trial trained once, plus once for each time a kill (when it landed, and the trials stored as
+    succeeded then) cut its training short; its last run returned the loss the store holds."""
+    for t in trials:
+        mine = runs[t["id"]]
+        assert mine and mine[-1].finished is not None and mine[-1].loss == t["loss"], mine
+        for run, rerun in itertools.pairwise(mine):  # a run before the last was cut short by a kill:
+            assert any(  # killed mid-run, or returned a result the store had not taken when the kill landed
+                run.started < kill < rerun.started and (run.finished is None or t["id"] not in stored)
+                for kill, stored in kills
+            ), mine
+        for kill, stored in kills:  # a trial the store held as trained is never trained again
+            assert t["id"] not in stored or all(run.started < kill for run in mine), mine
+        assert t["attempts"] == 1  # the interruptions are not held against the trial's retries
+
+
 def assert_each_trained_once(trials: list[dict], runs: Runs) -> None:
     assert_returned_once(trials, runs)
     assert all(len(runs[t["id"]]) == 1 for t in trials), {(t["generation"], t["index"]): runs[t["id"]] for t in trials}
@@ -222,17 +245,7 @@ def test_a_controller_killed_three_times_resumes_the_search_exactly(db_url, refe
 
     assert_matches_reference(trials, reference)
     runs = runs_by_trial(trials, log)
-    for t in trials:  # trained once, plus once for each time a kill cut its training short
-        mine = runs[t["id"]]
-        assert mine and mine[-1].finished is not None and mine[-1].loss == t["loss"], mine
-        for run, rerun in itertools.pairwise(mine):  # a run before the last was cut short by a kill:
-            assert any(  # killed mid-run, or returned a result the store had not taken when the kill landed
-                run.started < kill < rerun.started and (run.finished is None or t["id"] not in stored)
-                for kill, stored in kills
-            ), mine
-        for kill, stored in kills:  # a trial the store held as trained is never trained again
-            assert t["id"] not in stored or all(run.started < kill for run in mine), mine
-        assert t["attempts"] == 1  # the interruptions are not held against the trial's retries
+    assert_reruns_cut_short_by(kills, trials, runs)
     for since, (kill, stored) in zip([0.0, *(k for k, _ in kills)], kills, strict=False):
         assert stored  # each kill came with results to keep ...
         assert any(run.finished is None and since < run.started < kill for rs in runs.values() for run in rs)
@@ -262,6 +275,128 @@ def test_a_worker_killed_mid_trial_is_rerun_and_the_search_is_unchanged(db_url, 
     assert all(len(r) == 1 for r in runs.values()), runs  # every other candidate trained once
     attempts = {t["id"]: t["attempts"] for t in trials}
     assert attempts.pop(victim["id"]) == 2 and set(attempts.values()) == {1}
+
+
+# -- a staged search killed in each of its phases ---------------------------------------------------------------
+
+STAGED_SPEC = {
+    "name": "staged-faults",
+    "model": SPEC["model"],
+    "training": {"batch_size": 4, "steps": 20, "warmup_steps": 2, "device": "cpu"},
+    "stages": [
+        {"name": "global", "search_space": {"tied": True, "hps": ["lr", "init_std"]},
+         "optimizer": {"name": "cma", "population": 2, "generations": 1, "seed": 7}},
+        {"name": "per-module", "search_space": {"modules": SPEC["search_space"]["modules"], "hps": ["lr"]},
+         "optimizer": {"name": "cma", "population": 2, "generations": 1, "seed": 7}},
+    ],
+    "selection": {"top": 2, "seeds": 1},
+    "validate": {"targets": [{"depth": 2}], "seeds": 1},
+    "execution": {"parallel": 2, "max_retries": 0, "timeout_s": 120},
+}  # fmt: skip
+PACED_STAGED_SPEC = {**STAGED_SPEC, "execution": {**STAGED_SPEC["execution"], "trial": "tests.trial_fns:paced_real"}}
+STAGED_PHASES = [
+    ("search", "global"), ("reevaluation", "global"), ("search", "per-module"), ("reevaluation", "per-module"),
+    ("validation", None),
+]  # fmt: skip
+STAGED_TRIALS = 2 + 2 + 2 + 2 + 3  # populations, top × seeds, and arms (per-module, global, base) × targets × seeds
+EXACT = ("kind", "stage", "seed", "target", "arm")  # the rest (vector, multipliers, origin's loss, loss) numerically
+
+
+@pytest.fixture(scope="module")
+def staged_reference(tmp_path_factory, local_ray) -> dict[tuple[int, int, int], Trial]:
+    """(generation, index, replicate) -> the trial, of STAGED_SPEC run in one go."""
+    trials = run_in_one_go(STAGED_SPEC, tmp_path_factory.mktemp("staged-reference"))
+    return {(t.generation, t.index, t.replicate): t for t in trials}
+
+
+def training_in_phase(
+    kind: str, stage: str | None, sessions, log: Path, *, with_a_result: bool = False
+) -> Callable[[dict, list[dict]], bool]:
+    """A trial of ``kind`` and ``stage`` (as the store says) is inside its trial function; with
+    ``with_a_result``, another of them has succeeded too (a result to keep)."""
+
+    def condition(search: dict, trials: list[dict]) -> bool:
+        assert search["status"] not in FINAL_SEARCH, search  # it ended before the phase: no point waiting
+        with sessions() as session:
+            query = select(Trial.id).where(Trial.search_id == search["id"], Trial.kind == kind, Trial.stage == stage)
+            ids = set(session.scalars(query))
+        mine = [t for t in trials if t["id"] in ids]
+        if with_a_result and not any(t["status"] == TrialStatus.SUCCEEDED for t in mine):
+            return False
+        executions = read_executions(log)
+        keys = [candidate_key(t["multipliers"], t["seed"]) for t in mine]
+        return any(run.finished is None for key in keys for run in executions.get(key, []))
+
+    return condition
+
+
+def stored_trials(sessions, search_id: int) -> list[Trial]:
+    with sessions() as session:
+        query = select(Trial).where(Trial.search_id == search_id)
+        return list(session.scalars(query.order_by(Trial.generation, Trial.index, Trial.replicate)))
+
+
+def leaves(value: object, path: tuple = ()) -> list[tuple[tuple, object]]:
+    """(path, leaf) of each leaf of a JSON value, in a fixed order: to compare two values numerically."""
+    if isinstance(value, dict):
+        return [leaf for key in sorted(value) for leaf in leaves(value[key], (*path, key))]
+    if isinstance(value, list):
+        return [leaf for i, item in enumerate(value) for leaf in leaves(item, (*path, i))]
+    return [(path, value)]
+
+
+def assert_matches_staged_reference(trials: list[Trial], reference: dict[tuple[int, int, int], Trial]) -> None:
+    assert sorted((t.generation, t.index, t.replicate) for t in trials) == sorted(reference)
+    for t in trials:
+        expected = reference[(t.generation, t.index, t.replicate)]
+        assert {c: getattr(t, c) for c in EXACT} == {c: getattr(expected, c) for c in EXACT}
+        for column in ("vector", "multipliers", "origin", "loss"):
+            ours, theirs = leaves(getattr(t, column)), leaves(getattr(expected, column))
+            assert [p for p, _ in ours] == [p for p, _ in theirs], column
+            close = [pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v for _, v in theirs]
+            assert [v for _, v in ours] == close, column
+
+
+def test_a_staged_search_killed_in_each_phase_trains_every_trial_to_completion_once(db_url, staged_reference, tmp_path):
+    controller, log = logged_controller(db_url, tmp_path)
+    store = open_database(db_url)
+    sessions = session_factory(store)
+    kills: list[tuple[float, set[int]]] = []  # when each kill had landed, and the trials stored as succeeded then
+    # the global stage's selection, the per-module search (which must resume from the global choice) and the
+    # transfer check (once it has a result to keep): SIGKILL, Ray included, while a trial of each trains
+    moments = [("reevaluation", "global", False), ("search", "per-module", False), ("validation", None, True)]
+    controller.start()
+    try:
+        search_id = controller.post("/api/searches", PACED_STAGED_SPEC).json()["id"]
+        for kind, stage, with_a_result in moments:
+            controller.wait_for(search_id, training_in_phase(kind, stage, sessions, log, with_a_result=with_a_result))
+            controller.kill()
+            kills.append((time.time(), succeeded_trials(db_url)))
+            controller.start()
+        trials = run_to_the_end(controller, search_id)
+        stored = stored_trials(sessions, search_id)
+        with sessions() as session:
+            query = select(Generation).where(Generation.search_id == search_id).order_by(Generation.number)
+            phases = [(g.kind, g.stage) for g in session.scalars(query)]
+    finally:
+        controller.stop()
+        store.dispose()
+
+    assert phases == STAGED_PHASES
+    assert len(trials) == len({(t["generation"], t["index"], t["replicate"]) for t in trials}) == STAGED_TRIALS
+    assert len({candidate_key(t["multipliers"], t["seed"]) for t in trials}) == STAGED_TRIALS  # the log tells apart
+    assert all(t["status"] == TrialStatus.SUCCEEDED for t in trials), [(t["status"], t["error"]) for t in trials]
+    assert_matches_staged_reference(stored, staged_reference)  # the plan, optimizers and choices survived
+    runs = runs_by_trial(trials, log)
+    assert_reruns_cut_short_by(kills, trials, runs)
+    phase_of = {t.id: (t.kind, t.stage) for t in stored}
+    for (kind, stage, _), (kill, _) in zip(moments, kills, strict=True):  # each kill cut short a run of its phase
+        assert any(
+            phase_of[trial_id] == (kind, stage) and run.started < kill and run.finished is None
+            for trial_id, mine in runs.items()
+            for run in mine
+        ), kind
+    assert kills[-1][1] & {t.id for t in stored if t.kind == "validation"}  # a validation result was kept
 
 
 # -- PostgreSQL restarted under the controller -----------------------------------------------------------------

@@ -21,7 +21,14 @@ from sqlalchemy import func, select
 
 from hpo_service.api.app import create_app
 from hpo_service.api.settings import settings_of
+from hpo_service.engine.commands import Commands
+from hpo_service.engine.runner import SearchRunner
+from hpo_service.spec import SearchSpec
+from hpo_service.statuses import TrialStatus
+from hpo_service.store import writes
+from hpo_service.store.database import transaction
 from hpo_service.store.models import Search, Trial
+from hpo_service.store.writes import FinishedTrial
 from tests.controller import Controller
 
 JSON, YAML = "application/json", "application/yaml"
@@ -151,8 +158,11 @@ def stored(client: TestClient) -> tuple[int, int]:
         )
 
 
-def assert_refused(client: TestClient, body: bytes, content_type: str, loc: list | None, caplog) -> dict:
-    """A 4xx naming ``loc``, small, with nothing stored and no traceback logged; returns the first error."""
+def assert_refused(
+    client: TestClient, body: bytes, content_type: str, loc: list | None, caplog, before: tuple[int, int] = (0, 0)
+) -> dict:
+    """A 4xx naming ``loc``, small, with nothing stored (beyond the searches and trials ``before``) and no
+    traceback logged; returns the first error."""
     with caplog.at_level(logging.WARNING):
         response = client.post("/api/searches", content=body, headers={"Content-Type": content_type})
     assert 400 <= response.status_code < 500, response.text[:500]
@@ -160,7 +170,7 @@ def assert_refused(client: TestClient, body: bytes, content_type: str, loc: list
     first = response.json()["detail"][0]
     if loc is not None:
         assert first["loc"] == loc, first
-    assert stored(client) == (0, 0)
+    assert stored(client) == before
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
     return first
 
@@ -261,6 +271,109 @@ def test_good_data_is_admitted_by_its_path_relative_to_the_data_root(rooted):
     assert response.status_code == 201, response.text
     with settings_of(client.app).sessions() as session:
         assert session.get(Search, response.json()["id"]).spec.training.data == f"tokens:{root / 'ids.bin'}"
+
+
+# -- staged searches: stages, validate targets and where the first stage starts ----------------------------------
+
+STAGE = {"name": "global", "search_space": {"tied": True, "hps": ["lr", "init_std"]},
+         "optimizer": {"name": "cma", "population": 2, "generations": 1}}  # fmt: skip
+STAGED = {"name": "t", "model": TINY["model"], "stages": [STAGE]}
+TARGET = ["body", "validate", "targets", 0]
+LIMIT = "above this server's limit"
+
+
+def staged(**sections) -> dict:
+    return {**STAGED, **sections}
+
+
+def targets(*given: dict) -> dict:
+    return staged(validate={"targets": list(given)})
+
+
+# (case, spec, the loc the refusal must name, what its message says)
+BAD_STAGED = [
+    ("a stage's unknown optimizer", staged(stages=[{**STAGE, "optimizer": {"name": "adam"}}]),
+     ["body", "stages", 0, "optimizer", "name"], "'trust_region'"),
+    ("a stage's unknown HP", staged(stages=[{**STAGE, "search_space": {"hps": ["lr", "momentum"]}}]),
+     ["body", "stages", 0, "search_space", "hps"], "unknown hyperparameters ['momentum']"),
+    ("two stages of one name", staged(stages=[STAGE, STAGE]), ["body", "stages"], "stage names must differ"),
+    ("an optimizer besides stages", staged(optimizer={"generations": 1}), ["body", "optimizer"],
+     "each stage gives its own"),
+    ("a search space besides stages", staged(search_space={"hps": ["lr"]}), ["body", "search_space"],
+     "each stage gives its own"),
+    ("start_from a search and an export", staged(start_from={"search": 1, "export": {}}), ["body", "start_from"],
+     "exactly one of search or export"),
+    ("start_from nothing", staged(start_from={}), ["body", "start_from"], "exactly one of search or export"),
+    ("start_from a search that does not exist", staged(start_from={"search": 999}),
+     ["body", "start_from", "search"], "no search with id 999"),
+    ("no validate targets", staged(validate={"targets": []}), ["body", "validate", "targets"], "at least 1 item"),
+    ("a target 0 wide", targets({"width": 0}), [*TARGET, "width"], "greater than 0"),
+    ("a target of negative depth", targets({"depth": -2}), [*TARGET, "depth"], "greater than 0"),
+    ("a target of fractional width", targets({"width": 64.5}), [*TARGET, "width"], "fractional part"),
+    ("a target width as a string", targets({"width": "wide"}), [*TARGET, "width"], "valid integer"),
+    ("a target of 0 times the tokens", targets({"tokens_multiplier": 0}), [*TARGET, "tokens_multiplier"],
+     "greater than 0"),
+    ("a target width not a multiple of head_dim", targets({"width": 40}), TARGET,
+     "model.width (40) must be a multiple of model.head_dim (16)"),
+    ("a target wider than the limit", targets({"width": 32768}), [*TARGET, "width"],
+     f"validate.targets.0 (width=32768): model.width is 32,768, {LIMIT} of 16,384"),
+    ("a target deeper than the limit", targets({"depth": 1024}), [*TARGET, "depth"],
+     f"validate.targets.0 (depth=1024): model.depth is 1,024, {LIMIT}"),
+    ("a target batch above the limit", targets({"batch_size": 100_000}), [*TARGET, "batch_size"],
+     f"training.batch_size is 100,000, {LIMIT}"),
+    ("a target run longer than the limit", targets({"tokens_multiplier": 100_000}),
+     [*TARGET, "tokens_multiplier"], f"(tokens_multiplier=100000): training.steps is 6,000,000, {LIMIT}"),
+    ("a target of too many parameters", targets({"width": 16384, "depth": 64}), TARGET,
+     "validate.targets.0 (width=16384 depth=64): the model's parameter count is"),
+    ("a second target's activations", targets({"depth": 2}, {"width": 4096, "depth": 2, "batch_size": 65536}),
+     ["body", "validate", "targets", 1], "validate.targets.1 (width=4096 depth=2 batch_size=65536): the activations"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("spec", "loc", "says"), [case[1:] for case in BAD_STAGED], ids=[c[0] for c in BAD_STAGED])
+def test_a_bad_staged_spec_is_refused_naming_the_field_and_stores_nothing(rooted, spec, loc, says, caplog):
+    client, _ = rooted
+    error = assert_refused(client, json.dumps(spec).encode(), JSON, loc, caplog)
+    assert says in error["msg"], error
+
+
+def a_search(client: TestClient, *, with_a_result: bool) -> int:
+    """A search of TINY; with a result: its first candidate succeeded, written as the engine writes one."""
+    sessions = settings_of(client.app).sessions
+    search_id = Commands(sessions).create(SearchSpec.model_validate(TINY)).id
+    if with_a_result:
+        with transaction(sessions) as session:
+            (dispatch,) = SearchRunner.load(session, session.get(Search, search_id)).pending(session, 1)
+        with transaction(sessions) as session:
+            result = FinishedTrial(
+                dispatch.trial_id, TrialStatus.SUCCEEDED, 3.0, 3.0, 1, 1, None, None, None, None, None
+            )
+            writes.record_results(session, [result], [], [])
+    return search_id
+
+
+@pytest.mark.parametrize(
+    ("with_a_result", "change", "says"),
+    [
+        (False, {}, "has no result to start from yet"),
+        (True, {"model": {**TINY["model"], "vocab_size": 512}}, "with vocab_size 256, this spec has 512"),
+        (True, {"parameterisation": {"name": "mup"}}, "with parameterisation 'completed', this spec has 'mup'"),
+        (True, {"base_hps": {"lr": 0.02}}, "with base_hps {"),
+    ],
+    ids=["no result", "another vocab_size", "another parameterisation", "other base HPs"],
+)
+def test_start_from_a_search_this_spec_cannot_start_from_is_refused_and_stores_nothing(
+    rooted, with_a_result, change, says, caplog
+):
+    client, _ = rooted
+    source = a_search(client, with_a_result=with_a_result)
+    spec = staged(**change, start_from={"search": source})
+    before = stored(client)
+    error = assert_refused(client, json.dumps(spec).encode(), JSON, ["body", "start_from", "search"], caplog, before)
+    assert error["msg"].startswith(f"search {source} ") and says in error["msg"], error
+    assert client.post("/api/searches", json=staged(start_from={"search": source})).status_code == (
+        201 if with_a_result else 422
+    )  # the same start, from a spec that matches it
 
 
 def test_the_operator_raises_a_limit_with_an_option_or_the_environment(db_url, monkeypatch):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from hpo_service.engine.policy import GenerationalPolicy, Outcome, PolicyError, Told
 from hpo_service.spec import VALIDATION_PHASE, SearchSpec
 from hpo_service.statuses import TrialKind, TrialStatus
-from trainer.hparams import Multipliers
+from trainer.hparams import Multipliers, interpolate_depth
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,8 @@ def compose(centre: Multipliers, step: Multipliers) -> Multipliers:
     depth = dict(centre.depth)
     for hp, values in step.depth.items():
         old = depth.get(hp, (0.0,) * len(values))
+        if len(old) != len(values):  # tuned at another depth (a start_from): read at this one, as the trainer does
+            old = tuple(interpolate_depth(old, layer, len(values)) for layer in range(len(values)))
         depth[hp] = tuple(a + b for a, b in zip(old, values, strict=True))
     residual = {b: centre.residual.get(b, 0.0) + step.residual.get(b, 0.0) for b in {*centre.residual, *step.residual}}
     return Multipliers(module=module, depth=depth, residual=residual)
