@@ -721,7 +721,8 @@ def per_module_setup() -> str:
     trials = s["population"] * s["generations"]
     return (
         f"width {s['width']}, depth {s['depth']}, {s['steps']} steps of 16 × 64 bytes ({tokens:,} tokens); "
-        f"{2 * trials} search trials per unit ({s['population']} × {s['generations']} per stage), the top "
+        f"{2 * trials} search trials per unit ({s['population']} × {s['generations']} per stage of a staged unit, "
+        f"{s['population']} × {2 * s['generations']} for the global one), the top "
         f"{s['top']} re-trained on 2 fresh seeds, results checked on {s['seeds']} fresh seeds"
     )
 
