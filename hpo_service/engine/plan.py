@@ -23,10 +23,13 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hpo_service.engine import portable_cma
 from hpo_service.engine.policy import GenerationalPolicy, Outcome, PolicyError, Told
 from hpo_service.spec import VALIDATION_PHASE, SearchSpec
 from hpo_service.statuses import TrialKind, TrialStatus
 from trainer.hparams import Multipliers, interpolate_depth
+
+portable_cma.register()  # a plan read back by another process tells CMA exactly what this one would
 
 
 @dataclass(frozen=True)
