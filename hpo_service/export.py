@@ -31,9 +31,12 @@ class StartError(ValueError):
 
 def result_trials(session: Session, search: Search) -> list[Trial]:
     """The trials that measured the search's result: the last stage's best re-trained candidate's fresh runs,
-    else the replicates of the best search-time candidate (``queries.best_candidates``'s ranking)."""
-    fresh = queries.reevaluated(session, search.id, search.spec.plan_stages()[-1][0])
-    best = fresh or queries.best_candidates(session, search.id, limit=1)
+    else the replicates of the last stage's best search-time candidate (``queries.best_candidates``'s ranking),
+    else, before the last stage has one, of the best of any stage so far."""
+    last_stage = search.spec.plan_stages()[-1][0]
+    fresh = queries.reevaluated(session, search.id, last_stage)
+    best = fresh or queries.best_candidates(session, search.id, limit=1, stage=last_stage)
+    best = best or queries.best_candidates(session, search.id, limit=1)  # before the last stage has a result
     if not best:
         raise NoResult(f"search {search.id} has no successful candidate yet")
     generation, index = best[0].generation, best[0].index

@@ -283,6 +283,17 @@ class SearchSpec(TrainConfig):
         return self
 
     @model_validator(mode="after")
+    def _cma_has_two_dimensions(self) -> SearchSpec:
+        """Nevergrad's CMA needs an extra package (fcmaes) on a one-dimensional space: refused here rather than
+        failing when the search starts."""
+        for i, (_, space, optimizer) in enumerate(self.plan_stages()):
+            if optimizer.name in ("cma", "diagonal_cma") and len(space.coordinates(self.model.depth)) < 2:
+                loc = ("optimizer", "name") if self.stages is None else ("stages", i, "optimizer", "name")
+                message = f"{optimizer.name} needs at least two searched multipliers; this space has one"
+                raise field_error(loc, message + " (choose oneplusone, de, random or trust_region)", optimizer.name)
+        return self
+
+    @model_validator(mode="after")
     def _sane_budget(self) -> SearchSpec:
         total = sum(o.population * o.generations * o.replicates for _, _, o in self.plan_stages())
         if total > MAX_TRIALS:

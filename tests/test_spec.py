@@ -205,3 +205,12 @@ def test_shapes_read_and_write_as_they_did():
 def test_the_parameter_count_the_server_limits_is_the_models_own():
     for config in (ModelConfig(), ModelConfig(width=96, depth=3, head_dim=32, vocab_size=300, mlp_ratio=3)):
         assert config.n_params == sum(p.numel() for p in GPT(config).parameters())
+
+
+def test_cma_on_a_one_dimensional_space_is_refused_naming_the_optimizer():
+    assert error_fields(search_space={"tied": True, "hps": ["lr"]}) == {"optimizer.name"}
+    stage = {"name": "g", "search_space": {"tied": True, "hps": ["lr"]}, "optimizer": {"name": "diagonal_cma"}}
+    with pytest.raises(ValidationError, match="at least two") as info:
+        SearchSpec.model_validate({"name": "x", "stages": [stage]})
+    assert info.value.errors()[0]["loc"] == ("stages", 0, "optimizer", "name")
+    spec(search_space={"tied": True, "hps": ["lr"]}, optimizer={"name": "oneplusone"})  # other optimizers can
