@@ -18,7 +18,8 @@ per-module is faster).
 The run is resumable: units run one after another on one SQLite database (``bench/work/per_module.db``); a
 killed run restarted with the same command resumes its search where the store left it (the service's own crash
 safety), and each finished unit is written to ``bench/results/per_module.json`` at once, so a fresh checkout
-resumes from the first unit not there.
+resumes from the first unit not there, or from ``bench/results/per_module.checkpoint.sqlite`` (a copy of the store
+taken with SQLite's backup API while a unit runs) when one was committed.
 
     python bench/per_module.py                       # every unit: hours on 2 cores
     python bench/per_module.py --units global staged # the two that answer the main question first
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "per_module.json"
 WORK = ROOT / "bench" / "work"
+CHECKPOINT = RESULTS.with_name("per_module.checkpoint.sqlite")  # the store of unfinished units, when committed
 UNITS = ("global", "staged", "staged-lr", "staged-no-selection")
 TARGETS = {
     "width": {"width_factor": 4},
@@ -224,7 +227,10 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if results.get("settings") != s:
         results = {"settings": s, "units": {}}
-    url = database_url(str(WORK / ("per_module.smoke.db" if args.smoke else "per_module.db")))
+    database = WORK / ("per_module.smoke.db" if args.smoke else "per_module.db")
+    if not args.smoke and not database.exists() and CHECKPOINT.exists():  # a fresh checkout: resume from it
+        shutil.copyfile(CHECKPOINT, database)
+    url = database_url(str(database))
     upgrade(url)
     sessions = session_factory(open_database(url))
     executor.ensure_ray(num_cpus=args.parallel)
