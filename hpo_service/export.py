@@ -83,22 +83,23 @@ def starting_point(session: Session, spec: SearchSpec) -> Multipliers | None:
             tuned = load_export(start.export).tuned
         except ValueError as exc:
             raise StartError(f"not a usable export: {exc}") from None
-        source, where = (tuned.parameterisation.name, tuned.vocab_size, tuned.base_hps), "the export"
+        source, where = (tuned.parameterisation, tuned.vocab_size, tuned.base_hps), "the export"
         multipliers = tuned.multipliers
     else:
         other = session.get(Search, start.search)
         if other is None:
             raise StartError(f"no search with id {start.search}")
         o = other.spec
-        source, where = (o.parameterisation.name, o.model.vocab_size, o.base_hps), f"search {other.id}"
+        source, where = (o.parameterisation.to_parameterisation(), o.model.vocab_size, o.base_hps), f"search {other.id}"
         try:
             multipliers = Multipliers.from_dict(result_trials(session, other)[0].multipliers)
         except NoResult:
             raise StartError(f"search {other.id} has no result to start from yet") from None
-    own = (spec.parameterisation.name, spec.model.vocab_size, spec.base_hps)
+    own = (spec.parameterisation.to_parameterisation(), spec.model.vocab_size, spec.base_hps)
     for name, theirs, ours in zip(("parameterisation", "vocab_size", "base_hps"), source, own, strict=True):
         if theirs != ours:
-            raise StartError(f"{where} was made with {name} {_shown(theirs)}, this spec has {_shown(ours)}")
+            theirs_shown, ours_shown = _shown(theirs, ours), _shown(ours, theirs)
+            raise StartError(f"{where} was made with {name} {theirs_shown}, this spec has {ours_shown}")
     return multipliers
 
 
@@ -123,5 +124,13 @@ def _without_runs(stage: dict) -> dict:
     return stage | {"candidates": [trim(c) for c in stage["candidates"]], "chosen": trim(stage["chosen"])}
 
 
-def _shown(value: object) -> str:
-    return str(value.model_dump()) if hasattr(value, "model_dump") else repr(value)
+def _shown(value: object, other: object) -> str:
+    """``value`` as an error shows it against ``other``: a parameterisation by the fields that differ."""
+    if hasattr(value, "model_dump"):
+        return str(value.model_dump())
+    if hasattr(value, "__dataclass_fields__"):
+        differ = [f for f in value.__dataclass_fields__ if getattr(value, f) != getattr(other, f)]
+        if differ == ["name"]:
+            return repr(value.name)
+        return ", ".join(f"{f} {getattr(value, f)!r}" for f in differ)
+    return repr(value)

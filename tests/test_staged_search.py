@@ -294,6 +294,7 @@ def test_start_from_a_search_centres_the_first_stage_on_its_result_and_refuses_a
         for change, says in [
             ({"model": {**MODEL, "vocab_size": 512}}, "vocab_size 256, this spec has 512"),
             ({"parameterisation": {"name": "mup"}}, "parameterisation 'completed', this spec has 'mup'"),
+            ({"parameterisation": {"alpha": 0.5}}, "parameterisation alpha 1.0, this spec has alpha 0.5"),
             ({"base_hps": {"lr": 0.02}}, "base_hps"),
         ]:
             for start in ({"search": source}, {"export": result}):
