@@ -727,6 +727,14 @@ def per_module_setup() -> str:
     )
 
 
+@part("per_module.all_axes", "per_module.json")
+def per_module_all_axes() -> str:
+    """The staged unit's speed-up over the equal-budget global HPs after the all-axes transfer."""
+    row = next(v for k, v in per_module_results()["comparisons"]["staged"].items() if label_key(k) == "all")
+    seeds = ", ".join(num(x) for x in row["speedup_seeds"])
+    return f"{num(row['speedup'])}× ± {num(row['speedup_sd'])} (seeds {seeds})"
+
+
 @part("per_module.gaps", "per_module.json")
 def per_module_gaps() -> str:
     units = per_module_results()["units"]
