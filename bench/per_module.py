@@ -33,7 +33,9 @@ import json
 import os
 import platform
 import shutil
+import sqlite3
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "per_module.json"
 WORK = ROOT / "bench" / "work"
 CHECKPOINT = RESULTS.with_name("per_module.checkpoint.sqlite")  # the store of unfinished units, when committed
+CHECKPOINT_EVERY_S = 600
 UNITS = ("global", "staged", "staged-lr", "staged-no-selection")
 TARGETS = {
     "width": {"width_factor": 4},
@@ -216,6 +219,16 @@ def _stats(losses: list[float]) -> dict:
     }
 
 
+def keep_checkpoint(database: Path, stop: threading.Event) -> None:
+    """Copy the store to ``CHECKPOINT`` every ``CHECKPOINT_EVERY_S`` seconds with SQLite's online backup API
+    (a consistent snapshot while the engine writes), so committing that file carries an unfinished unit."""
+    while not stop.wait(CHECKPOINT_EVERY_S):
+        tmp = CHECKPOINT.with_suffix(".tmp")
+        with sqlite3.connect(database) as source, sqlite3.connect(tmp) as copy:
+            source.backup(copy)
+        tmp.replace(CHECKPOINT)
+
+
 def main() -> None:
     args = parse_args()
     from hpo_service.engine import executor  # imports Ray, keeping the local Ray on loopback
@@ -234,6 +247,9 @@ def main() -> None:
     upgrade(url)
     sessions = session_factory(open_database(url))
     executor.ensure_ray(num_cpus=args.parallel)
+    stop = threading.Event()
+    if not args.smoke:
+        threading.Thread(target=keep_checkpoint, args=(database, stop), daemon=True).start()
     try:
         for unit in args.units:
             if unit in results["units"]:
@@ -248,7 +264,10 @@ def main() -> None:
             tmp.replace(results_path)
             print(f"{unit}: done, proxy {results['units'][unit]['proxy']['mean']:.4f}", flush=True)
     finally:
+        stop.set()
         executor.release_ray()
+    if all(unit in results["units"] for unit in UNITS):
+        CHECKPOINT.unlink(missing_ok=True)  # every unit is in the results file: nothing left to resume
     print(json.dumps(results.get("comparisons", {}), indent=1))
 
 
