@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from hpo_service.api import schemas as api
 from hpo_service.statuses import TrialKind
 
 
@@ -128,13 +129,7 @@ class Curves(BaseModel):
     curves: list[Curve]
 
 
-class SelectionCandidate(BaseModel):
-    generation: int
-    index: int
-    search_loss: float = Field(description="Its search-time mean loss.")
-    losses: list[float] = Field(description="Its fresh-seed losses (of the runs that succeeded).")
-    mean: float | None = Field(description="Their mean; null unless every fresh run succeeded.")
-    sd: float | None
+class SelectionCandidate(api.SelectionCandidate):
     chosen: bool
 
 

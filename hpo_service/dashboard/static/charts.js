@@ -231,29 +231,21 @@ export function populationFigure(o) {
     marker: { symbol, size: 9, color: COLOURS[kind], line: { width: 1, color: COLOURS[kind] } },
     hovertemplate: `trial #%{customdata[1]}<br>generation %{customdata[0]}<br>${kind}: no loss<extra></extra>`,
   });
-  const data = [
-    {
-      type: "scatter",
-      mode: "markers",
-      name: "succeeded",
-      x: o.population.x.map((gen, i) => gen + jitter(o.population.trial_id[i])),
-      y: o.population.loss,
-      customdata: o.population.x.map((gen, i) => [gen, o.population.trial_id[i]]),
-      marker: { color: COLOURS.succeeded, size: 6, opacity: 0.65 },
-      hovertemplate: "trial #%{customdata[1]}<br>generation %{customdata[0]}<br>loss %{y:.4f}<extra></extra>",
-    },
-  ];
-  const fresh = {
+  const points = (series, name, marker, label) => ({
     type: "scatter",
     mode: "markers",
-    name: "re-evaluation (fresh seeds)",
-    x: o.reevaluated.x.map((gen, i) => gen + jitter(o.reevaluated.trial_id[i])),
-    y: o.reevaluated.loss,
-    customdata: o.reevaluated.x.map((gen, i) => [gen, o.reevaluated.trial_id[i]]),
-    marker: { color: COLOURS.fresh, size: 8, symbol: "diamond", opacity: 0.8 },
-    hovertemplate: "trial #%{customdata[1]}<br>generation %{customdata[0]}<br>fresh seed: %{y:.4f}<extra></extra>",
-  };
-  if (o.phases.some((phase) => phase.kind === "reevaluation")) data.push(fresh);
+    name,
+    x: series.x.map((gen, i) => gen + jitter(series.trial_id[i])),
+    y: series.loss,
+    customdata: series.x.map((gen, i) => [gen, series.trial_id[i]]),
+    marker,
+    hovertemplate: `trial #%{customdata[1]}<br>generation %{customdata[0]}<br>${label} %{y:.4f}<extra></extra>`,
+  });
+  const data = [points(o.population, "succeeded", { color: COLOURS.succeeded, size: 6, opacity: 0.65 }, "loss")];
+  if (o.phases.some((phase) => phase.kind === "reevaluation")) {
+    const marker = { color: COLOURS.fresh, size: 8, symbol: "diamond", opacity: 0.8 };
+    data.push(points(o.reevaluated, "re-evaluation (fresh seeds)", marker, "fresh seed:"));
+  }
   data.push(
     {
       type: "scatter",
