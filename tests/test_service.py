@@ -92,6 +92,58 @@ def test_submit_watch_export_apply_and_train_the_transferred_model(tmp_path):
     assert losses[-1] < losses[0]
 
 
+STAGED = """\
+name: staged-e2e
+model: {width: 32, depth: 1, head_dim: 16, seq_len: 32}
+training: {batch_size: 4, steps: 8, warmup_steps: 1, device: cpu}
+stages:
+  - {name: global, search_space: {tied: true, hps: [lr]}, optimizer: {name: random, population: 2, generations: 1}}
+  - {name: per-module, search_space: {modules: [mlp_up, unembedding], hps: [lr]},
+     optimizer: {name: trust_region, population: 2, generations: 1, sigma: 0.5}}
+selection: {top: 2, seeds: 1}
+validate: {targets: [{width: 64, tokens_multiplier: 2}], seeds: 2}
+execution: {parallel: 2, timeout_s: 300}
+"""
+
+
+def test_a_staged_search_with_a_transfer_check_runs_from_hpo_submit_to_its_export(db_url, tmp_path):
+    """The staged recipe as a user runs it: submitted over HTTP, trained for real on Ray, on each store."""
+    spec = tmp_path / "staged.yaml"
+    spec.write_text(STAGED)
+    controller = Controller(db_url, tmp_path / "controller.log").start()
+    try:
+        submitted = hpo("submit", str(spec), "--server", controller.url)
+        assert submitted.returncode == 0, submitted.stderr
+        search_id = int(submitted.stdout.strip().splitlines()[-1])
+        watched = hpo("watch", str(search_id), "--server", controller.url, "--interval", "0.5", timeout=600)
+        exported = hpo("export", str(search_id), "-o", str(tmp_path / "best.json"), "--server", controller.url)
+        search = controller.get(f"/api/searches/{search_id}")
+        validation = controller.get(f"/api/searches/{search_id}/validation")
+        kinds = {
+            kind: controller.get(f"/api/searches/{search_id}/trials", kind=kind)["total"]
+            for kind in ("search", "reevaluation", "validation")
+        }
+    finally:
+        controller.stop()
+
+    assert watched.returncode == 0, watched.stderr
+    assert search["status"] == "completed" and search["trials"]["succeeded"] == sum(kinds.values())
+    assert kinds == {"search": 4, "reevaluation": 4, "validation": 6}  # 2 + 2; top 2 × 1 seed × 2; 3 arms × 2 seeds
+    (entry,) = validation
+    assert entry["target"]["width"] == 64 and entry["target"]["tokens"] == 2 * 8 * 4 * 32
+    assert [(arm["name"], len(arm["losses"])) for arm in entry["arms"]] == [
+        ("per-module", 2),
+        ("global", 2),
+        ("base", 2),
+    ]
+    assert "validation at width=64 tokens_multiplier=2:" in watched.stdout
+    assert exported.returncode == 0, exported.stderr
+    export = json.loads((tmp_path / "best.json").read_text())
+    jsonschema.validate(export, json.loads(EXPORT_SCHEMA.read_text()))
+    assert export["validation"]["recommendation"] == search["recommendation"]
+    assert export["provenance"]["measured_on"] == "fresh seeds"
+
+
 def test_cli_errors_are_one_line(tmp_path):
     unreachable = hpo("status", "1", "--server", "http://127.0.0.1:9")
     assert unreachable.returncode == 2
