@@ -44,6 +44,7 @@ RESULTS = ROOT / "bench" / "results" / "per_module.json"
 WORK = ROOT / "bench" / "work"
 CHECKPOINT = RESULTS.with_name("per_module.checkpoint.sqlite")  # the store of unfinished units, when committed
 CHECKPOINT_EVERY_S = 600
+DURATION_EXPONENT = 0.5  # every unit's, pinned: the one they all ran with (bench/duration_exponent.py measures it)
 UNITS = ("global", "staged", "staged-lr", "staged-no-selection")
 TARGETS = {
     "width": {"width_factor": 4},
@@ -98,6 +99,7 @@ def unit_spec(unit: str, s: dict, parallel: int) -> dict:
     return {
         "name": f"per-module bench: {unit}",
         "model": {"width": s["width"], "depth": s["depth"], "head_dim": 16, "seq_len": 64},
+        "parameterisation": {"name": "completed", "duration_exponent": DURATION_EXPONENT},
         "training": {
             "batch_size": 16,
             "steps": s["steps"],
