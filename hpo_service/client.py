@@ -253,7 +253,7 @@ def watch(args: argparse.Namespace) -> int:
 
 def _generation_line(args: argparse.Namespace, g: dict) -> str:
     """A completed generation: a search generation's best and median loss, a re-evaluation's choice."""
-    outcomes = f"diverged {g['diverged']}  failed {g['failed']}  of {g['trials']}"
+    outcomes = f"diverged {g['diverged']}  failed {g['failed']}  stopped {g['stopped']}  of {g['trials']}"
     if g["kind"] == TrialKind.VALIDATION:
         return f"generation {g['number']:>3} (validation): {outcomes}"
     if g["kind"] == TrialKind.REEVALUATION:

@@ -182,6 +182,23 @@ class SelectionSection(Section):
     seeds: int = Field(2, gt=0, le=16, description="Fresh seeds per re-trained candidate.")
 
 
+class EarlyStoppingSection(Section):
+    """Stop a search trial whose validation curve is hopeless, judged at an evaluation step against the curves
+    of the same stage's other search trials at that step (``hpo_service.early_stopping``).
+
+    ``median``: stop when the trial's loss is above the ``percentile`` of the others' losses at that step.
+    ``successive_halving``: rungs at ``min_fraction`` × ``reduction_factor``^k of the steps; at each rung only
+    the best 1/``reduction_factor`` of the trials that reached it go on (asynchronous, as ASHA).
+    Neither judges before ``min_fraction`` of the steps, nor against fewer than ``min_trials`` other curves.
+    Re-evaluations and transfer checks always train to their end."""
+
+    rule: Literal["none", "median", "successive_halving"] = "none"
+    percentile: float = Field(50.0, gt=0, lt=100, description="median: the percentile a trial must not exceed.")
+    reduction_factor: int = Field(3, ge=2, le=16, description="successive_halving: keep 1 in this many per rung.")
+    min_fraction: float = Field(0.25, gt=0, lt=1, description="No trial is judged before this fraction of its steps.")
+    min_trials: int = Field(4, ge=1, le=10_000, description="Curves at a step needed before any trial is judged.")
+
+
 class TargetSection(Section):
     """A shape to check the result at; what is not named stays at the proxy's shape."""
 
@@ -258,6 +275,7 @@ class SearchSpec(TrainConfig):
     )
     validate_: ValidateSection | None = Field(None, alias="validate")
     start_from: StartFrom | None = None
+    early_stopping: EarlyStoppingSection | None = Field(None, description="Off unless given (rule none).")
 
     @field_validator("name")
     @classmethod
@@ -384,9 +402,15 @@ class SearchSpec(TrainConfig):
         """The ``Multipliers`` a top-level search-space vector stands for."""
         return self.search_space.multipliers(vector, self.model.depth)
 
+    def stopping(self) -> EarlyStoppingSection | None:
+        """The early-stopping rule, unless there is none."""
+        section = self.early_stopping
+        return section if section is not None and section.rule != "none" else None
+
     def to_json(self) -> dict:
-        """The spec as stored, defaults filled in; the staged-search sections only where given, so that a spec
-        without them reads (and hashes) as it did before they existed; with stages, no top-level search."""
+        """The spec as stored, defaults filled in; the staged-search and early-stopping sections only where
+        given, so that a spec without them reads (and hashes) as it did before they existed; with stages, no
+        top-level search."""
         unset = {name for name in STAGED_SECTIONS if getattr(self, name) is None}
         if self.stages is not None:  # each stage has its own
             unset |= {"search_space", "optimizer"}
@@ -404,7 +428,7 @@ def field_error(loc: tuple[str | int, ...], message: str, value: object) -> Vali
     return ValidationError.from_exception_data("SearchSpec", [error])
 
 
-STAGED_SECTIONS = ("stages", "selection", "validate_", "start_from")
+STAGED_SECTIONS = ("stages", "selection", "validate_", "start_from", "early_stopping")
 # What a search spec adds to a training configuration (`hpo train` reads a spec past them).
 SEARCH_SECTIONS = tuple(
     info.alias or name for name, info in SearchSpec.model_fields.items() if name not in TrainConfig.model_fields

@@ -21,6 +21,7 @@ class TrialStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DIVERGED = "diverged"
+    STOPPED = "stopped"  # by the early-stopping rule: its curve ends where it stopped
     CANCELLED = "cancelled"
 
 
@@ -32,9 +33,12 @@ class GenerationStatus(StrEnum):
 ACTIVE_SEARCH = frozenset({SearchStatus.QUEUED, SearchStatus.RUNNING, SearchStatus.PAUSED})
 FINAL_SEARCH = frozenset(SearchStatus) - ACTIVE_SEARCH  # a search in one of these never changes again
 
-FINAL_TRIAL = frozenset({TrialStatus.SUCCEEDED, TrialStatus.FAILED, TrialStatus.DIVERGED, TrialStatus.CANCELLED})
-# What a finished training run can report; the optimizer is told each of these (a penalty unless succeeded).
-TRIAL_OUTCOMES = frozenset({TrialStatus.SUCCEEDED, TrialStatus.DIVERGED, TrialStatus.FAILED})
+FINAL_TRIAL = frozenset(
+    {TrialStatus.SUCCEEDED, TrialStatus.FAILED, TrialStatus.DIVERGED, TrialStatus.STOPPED, TrialStatus.CANCELLED}
+)
+# What a finished training run can report; the optimizer is told each of these (a penalty if diverged or failed,
+# a predicted final loss if stopped: ``early_stopping.predicted_final``).
+TRIAL_OUTCOMES = frozenset({TrialStatus.SUCCEEDED, TrialStatus.DIVERGED, TrialStatus.STOPPED, TrialStatus.FAILED})
 UNFINISHED_TRIAL = frozenset({TrialStatus.PENDING, TrialStatus.RUNNING})
 
 # The commands a user may give a search: the statuses each moves a search from, and the one it moves it to.

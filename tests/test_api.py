@@ -103,17 +103,18 @@ def test_commands_follow_the_search_status_and_the_summary_says_which_apply(clie
 
 def test_a_summary_counts_the_trials_by_status_and_those_that_ended(client):
     search_id = client.post("/api/searches", json=TINY).json()["id"]
-    statuses = ["pending", "running", "succeeded", "succeeded", "diverged", "failed", "cancelled"]
+    statuses = ["pending", "running", "succeeded", "succeeded", "diverged", "stopped", "failed", "cancelled"]
     with settings_of(client.app).sessions() as session, session.begin():
         session.add_all(
             Trial(search_id=search_id, generation=0, index=i, seed=0, vector=[0.0], multipliers={}, hps={}, status=s)
             for i, s in enumerate(statuses)
         )
     summary = client.get(f"/api/searches/{search_id}").json()
-    assert summary["trials"] == {"pending": 1, "running": 1, "succeeded": 2, "failed": 1, "diverged": 1, "cancelled": 1}
-    assert summary["ended"] == 5
+    assert summary["trials"] == {"pending": 1, "running": 1, "succeeded": 2, "failed": 1, "diverged": 1, "stopped": 1,
+                                 "cancelled": 1}  # fmt: skip
+    assert summary["ended"] == 6
     (listed,) = client.get("/api/searches").json()["searches"]
-    assert listed["ended"] == 5 and listed["commands"] == ["pause", "cancel"]
+    assert listed["ended"] == 6 and listed["commands"] == ["pause", "cancel"]
 
 
 def test_meta_lists_the_statuses_searches_and_trials_may_be_in(client):

@@ -112,7 +112,7 @@ def test_the_spec_is_a_training_config_with_its_own_shape_as_the_base_shape():
 def test_a_spec_is_a_training_config_plus_its_search_sections():
     s = spec()
     assert isinstance(s, TrainConfig)
-    staged = ("stages", "selection", "validate", "start_from")
+    staged = ("stages", "selection", "validate", "start_from", "early_stopping")
     assert ("name", "search_space", "optimizer", "execution", "export_targets", *staged) == SEARCH_SECTIONS
     assert set(s.model_dump()) == set(TrainConfig.model_fields) | set(SEARCH_SECTIONS)
     assert s.train_config() == TrainConfig().with_base_shape_pinned()  # the same defaults, defined once

@@ -186,3 +186,32 @@ def overflows_a_column_for_seed(bad_seed: int, payload: dict, report) -> dict:
     either store holds, so that no store can write it."""
     result = synthetic(payload, report)
     return {**result, "steps": 2**64} if payload["config"]["training"]["seed"] == bad_seed else result
+
+
+CURVE_STEP_S = 0.05  # curve's time per step
+
+
+def bowl_loss(multipliers: dict) -> float:
+    """synthetic's bowl, without its cliff: the final loss a candidate's curve falls to."""
+    values = [v for hps in multipliers["module"].values() for v in hps.values()]
+    return 2.0 + sum((v - 0.5) ** 2 for v in values) / 10
+
+
+def curve(payload: dict, report) -> dict:
+    """A learning curve falling linearly from bowl_loss + 2 to bowl_loss, CURVE_STEP_S a step, evaluated as the
+    trainer evaluates; it ends ``stopped`` when ``report`` answers True, as the trainer does."""
+    training = payload["config"]["training"]
+    steps, every = training["steps"], training["eval_every"] or max(1, training["steps"] // 10)
+    final = bowl_loss(payload["multipliers"])
+    points = []
+    for step in range(1, steps + 1):
+        time.sleep(CURVE_STEP_S)
+        loss = final + 2.0 * (1 - step / steps)
+        if step % every and step != steps:
+            continue
+        points.append((step, loss))
+        if report(step, {"train_loss": loss, "val_loss": loss}) and step < steps:
+            return {"status": "stopped", "final_val_loss": loss, "steps": step, "train_curve": points,
+                    "eval_curve": points, "reason": f"stopped at step {step}"}  # fmt: skip
+    return {"status": "succeeded", "final_val_loss": final, "final_train_loss": final, "steps": steps,
+            "train_curve": points, "eval_curve": points}  # fmt: skip

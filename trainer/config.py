@@ -92,6 +92,11 @@ class TrainingSection(Section):
             raise ValueError(str(exc)) from None
         return data
 
+    @property
+    def eval_interval(self) -> int:
+        """Steps between evaluations (``eval_every``, or about ten per run); the last step is evaluated too."""
+        return self.eval_every or max(1, self.steps // 10)
+
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingSection:
         if self.warmup_steps > self.steps:

@@ -3,7 +3,9 @@
 AdamW with per-group settings, linear warm-up then cosine decay to a floor, optional z-loss and gradient
 clipping, bf16 autocast and ``torch.compile`` on CUDA. Divergence (a non-finite loss, or a loss above
 ``divergence_factor`` times the first one) ends the run early with status ``diverged``; any other error ends
-it with status ``failed``. Neither raises. On the CPU a run is bitwise-reproducible for a seed.
+it with status ``failed``. Neither raises. A ``report`` callback that answers True (an early-stopping rule
+judged the run hopeless) ends it with status ``stopped``, its curves up to there. On the CPU a run is
+bitwise-reproducible for a seed.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from trainer.data import Corpus, eval_batches, load_corpus, sample_batch
 from trainer.hparams import Multipliers, apply_to_model
 from trainer.model import GPT
 
-Status = Literal["succeeded", "diverged", "failed"]
-Report = Callable[[int, dict[str, float]], None]
+Status = Literal["succeeded", "diverged", "stopped", "failed"]
+Report = Callable[[int, dict[str, float]], bool | None]  # True: stop the run here
 CURVE_POINTS = 200  # at most about this many train-loss points per run
 
 
@@ -39,7 +41,7 @@ class TrialResult:
     tokens: int = 0
     wall_time_s: float = 0.0
     tokens_per_s: float = 0.0
-    reason: str | None = None  # why a run diverged or failed
+    reason: str | None = None  # why a run diverged, stopped or failed
     device: str = "cpu"
     corpus: str = ""
 
@@ -113,7 +115,7 @@ class _Run:
         t, steps = self.t, self.t.steps
         tokens_per_step = t.batch_size * self.cfg.model.seq_len
         log_every = max(1, steps // CURVE_POINTS)
-        eval_every = t.eval_every or max(1, steps // 10)
+        eval_every = t.eval_interval
         result = TrialResult(status="succeeded", device=str(self.device), corpus=self.corpus.fingerprint)
         pending: list[torch.Tensor] = []
         first_loss: float | None = None
@@ -158,8 +160,10 @@ class _Run:
                     self.report(done, metrics)
                     break
                 result.final_val_loss = val_loss
-            self.report(done, metrics)
+            if self.report(done, metrics) and done < steps:
+                result.status, result.reason = "stopped", f"stopped by the early-stopping rule at step {done}"
+                break
         result.tokens_per_s = result.tokens / train_time if train_time > 0 else 0.0
-        if result.status != "succeeded":
+        if result.status not in ("succeeded", "stopped"):  # a stopped run keeps its last validation loss
             result.final_val_loss = None
         return result

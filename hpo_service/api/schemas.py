@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from hpo_service.statuses import GenerationStatus, SearchStatus, TrialKind, TrialStatus
 
@@ -39,7 +39,9 @@ class SearchSummary(BaseModel):
     finished_at: datetime | None
     error: str | None
     trials: dict[TrialStatus, int] = Field(
-        examples=[{"pending": 2, "running": 2, "succeeded": 8, "failed": 0, "diverged": 0, "cancelled": 0}]
+        examples=[
+            {"pending": 2, "running": 2, "succeeded": 8, "failed": 0, "diverged": 0, "stopped": 0, "cancelled": 0}
+        ]
     )
     ended: int = Field(examples=[8], description="Trials that reached a final status: what counts to the budget.")
     budget: int = Field(
@@ -90,6 +92,7 @@ class GenerationOut(BaseModel):
     median_loss: float | None = Field(examples=[2.93])
     diverged: int = Field(examples=[0])
     failed: int = Field(examples=[0])
+    stopped: int = Field(examples=[3], description="Trials the early-stopping rule stopped.")
     created_at: datetime
     finished_at: datetime | None
 
@@ -119,7 +122,11 @@ class TrialOut(BaseModel):
     vector: list[float] = Field(description="The optimizer's coordinates (log2 multipliers).")
     multipliers: dict = Field(examples=[{"module": {"attn_q": {"lr": 0.5}}, "depth": {}, "residual": {}}])
     hps: dict = Field(description="Materialised values at the base shape, per module type.")
-    steps: int | None
+    steps_trained: int = Field(
+        validation_alias=AliasChoices("steps_trained", "steps"),
+        description="Optimizer steps it trained: 0 while pending, its last reported step while it runs, where it "
+        "ended (its last step, or where it diverged or was stopped) once ended.",
+    )
     tokens: int | None
     tokens_per_s: float | None
     wall_time_s: float | None
@@ -128,6 +135,11 @@ class TrialOut(BaseModel):
     error: str | None
     started_at: datetime | None
     finished_at: datetime | None
+
+    @field_validator("steps_trained", mode="before")
+    @classmethod
+    def _none_trained_yet(cls, steps: int | None) -> int:
+        return steps or 0
 
 
 class TrialPage(BaseModel):

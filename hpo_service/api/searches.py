@@ -90,7 +90,7 @@ def get_search(search: SearchDep, session: SessionDep) -> SearchSummary:
 @router.get("/{search_id}/generations", response_model=list[GenerationOut], responses=NOT_FOUND)
 def list_generations(search: SearchDep, session: SessionDep) -> list[GenerationOut]:
     """Per generation (a phase of the plan: a stage's search, its re-evaluation, or the validation): its trials,
-    how many ended, best and median search-time loss, diverged and failed counts."""
+    how many ended, best and median search-time loss, diverged, failed and stopped counts."""
     return [
         GenerationOut(
             number=g.number,
@@ -103,6 +103,7 @@ def list_generations(search: SearchDep, session: SessionDep) -> list[GenerationO
             median_loss=g.median_loss,
             diverged=g.diverged,
             failed=g.failed,
+            stopped=g.stopped,
             created_at=g.created_at,
             finished_at=g.finished_at,
         )

@@ -1,7 +1,8 @@
 """The engine: one thread in the controller that drives every active search.
 
 Each turn of its loop it (1) picks up searches that were created, paused, resumed or cancelled through the
-API, (2) collects what the executor reports and writes it in one transaction, (3) ends generations whose
+API, (2) collects what the executor reports and writes it in one transaction, asking the trials its search's
+early-stopping rule judges hopeless to stop, (3) ends generations whose
 trials are all final (tell, then ask the next), and (4) dispatches pending trials up to each search's
 ``parallel``, writing them as running before submitting them. The store is the source of truth: a runner
 that hits a database error is dropped and rebuilt from the store on a later turn. Results that arrive while
@@ -28,7 +29,7 @@ from sqlalchemy import exc as db_errors
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hpo_service.engine.executor import Event, Lost, RayExecutor, Resources, ensure_ray, release_ray
+from hpo_service.engine.executor import Event, Lost, Progress, RayExecutor, Resources, ensure_ray, release_ray
 from hpo_service.engine.records import record_all
 from hpo_service.engine.runner import SearchRunner
 from hpo_service.statuses import FINAL_SEARCH, SearchStatus
@@ -156,6 +157,7 @@ class Engine:
             if not self.executor.tracks(event.trial_id):
                 self.owner.pop(event.trial_id, None)
         self._record()
+        self._judge([e for e in events if isinstance(e, Progress)])
         for search_id in lost & set(self.runners):  # the lost trial is pending again
             self.runners[search_id].may_have_pending = True
         for search_id in list(self.runners):
@@ -192,6 +194,24 @@ class Engine:
                     raise
                 self._fail(search_id, f"the store refused its trials' results: {describe(exc)}")
             self.unrecorded = [(owner, event) for owner, event in self.unrecorded if owner != search_id]
+
+    def _judge(self, progress: list[Progress]) -> None:
+        """Ask the trials that the early-stopping rule of their search stops now to stop (their curves are
+        written already, so each is judged against the store)."""
+        points: dict[int, dict[int, list[tuple[int, float]]]] = {}
+        for event in progress:
+            search_id = self.owner.get(event.trial_id)
+            if search_id not in self.runners or self.runners[search_id].rule is None:
+                continue
+            curve = [(step, m["val_loss"]) for step, m in event.points if m.get("val_loss") is not None]
+            if curve:
+                points.setdefault(search_id, {}).setdefault(event.trial_id, []).extend(curve)
+        for search_id, trials in points.items():
+            with transaction(self.sessions) as session:
+                stop = self.runners[search_id].to_stop(session, trials)
+            if stop:
+                log.info("engine: search %d: stopping trials %s early", search_id, stop)
+                self.executor.stop(stop)
 
     def _step(self, search_id: int) -> None:
         """End the runner's generation if it can have ended, then fill its free slots."""

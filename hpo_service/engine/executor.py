@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 1.0  # a worker sends its progress at most this often
 DRAIN_INTERVAL_S = 0.5  # the engine collects progress at most this often
 BATCH_GRACE_S = 0.005
+INBOX_TIMEOUT_S = 10.0  # a worker waits this long at most for the inbox's reply, then trains on
 
 
 @dataclass(frozen=True)
@@ -92,17 +93,27 @@ def spec_trial(payload: dict, report: Callable[[int, dict[str, float]], None]) -
 
 @ray.remote(num_cpus=0)
 class ProgressInbox:
-    """Collects the workers' progress messages until the engine drains them."""
+    """Collects the workers' progress messages until the engine drains them, and answers each with whether the
+    engine asked that trial to stop."""
 
     def __init__(self) -> None:
         self.messages: list[tuple] = []
+        self.stopping: set[int] = set()
 
-    def push(self, message: tuple) -> None:
+    def push(self, message: tuple) -> bool:
         self.messages.append(message)
+        return message[1] in self.stopping
 
     def drain(self) -> list[tuple]:
         messages, self.messages = self.messages, []
         return messages
+
+    def stop(self, trial_ids: list[int]) -> None:
+        self.stopping.update(trial_ids)
+
+    def forget(self, trial_ids: list[int]) -> None:
+        """The trials ended: a retry of one must not find an old request to stop."""
+        self.stopping.difference_update(trial_ids)
 
 
 _inboxes: dict[str, Any] = {}  # per worker process: the inbox handles it has looked up
@@ -114,25 +125,32 @@ def _run_on_worker(trial_fn: TrialFn, trial_id: int, payload: dict, inbox_name: 
     buffered: list[tuple[int, dict[str, float]]] = []
     last_sent = time.monotonic()
 
-    def report(step: int, metrics: dict[str, float]) -> None:
+    def report(step: int, metrics: dict[str, float]) -> bool:
+        """Buffer the point; send the buffer at an evaluation (what early stopping judges) or once a second.
+        True when the engine asked this trial to stop."""
         nonlocal last_sent
         buffered.append((step, dict(metrics)))
-        if time.monotonic() - last_sent >= PROGRESS_INTERVAL_S:
-            _send(inbox_name, ("progress", trial_id, buffered.copy()))
-            buffered.clear()
-            last_sent = time.monotonic()
+        if "val_loss" not in metrics and time.monotonic() - last_sent < PROGRESS_INTERVAL_S:
+            return False
+        stop = _send(inbox_name, ("progress", trial_id, buffered.copy()), answer=True)
+        buffered.clear()
+        last_sent = time.monotonic()
+        return stop
 
     return trial_fn(payload, report), node, worker  # the final curves come with the result: no flush
 
 
-def _send(inbox_name: str, message: tuple) -> None:
-    """Best effort: live progress is a convenience, and losing the inbox must never fail a trial."""
+def _send(inbox_name: str, message: tuple, answer: bool = False) -> bool:
+    """Best effort: live progress is a convenience, and losing the inbox must never fail a trial. With
+    ``answer``, waits for the inbox's reply: whether the trial is to stop."""
     try:
         if inbox_name not in _inboxes:  # a name travels with each task more cheaply than an actor handle
             _inboxes[inbox_name] = ray.get_actor(inbox_name)
-        _inboxes[inbox_name].push.remote(message)
+        reply = _inboxes[inbox_name].push.remote(message)
+        return bool(ray.get(reply, timeout=INBOX_TIMEOUT_S)) if answer else False
     except (ValueError, RayError):
         _inboxes.pop(inbox_name, None)
+        return False
 
 
 _remote_trial = ray.remote(max_retries=0)(_run_on_worker)
@@ -186,6 +204,16 @@ class RayExecutor:
             flight = self.in_flight.pop(trial_id, None)
             if flight is not None:
                 ray.cancel(flight.ref, force=True)
+        self._forget(trial_ids)
+
+    def stop(self, trial_ids: list[int]) -> None:
+        """Ask these trials to end early: each learns it at its next progress report, and ends ``stopped`` with
+        its curve so far (a trial function that ignores the answer trains on to its end)."""
+        self.inbox.stop.remote(trial_ids)
+
+    def _forget(self, trial_ids: list[int]) -> None:
+        if trial_ids:
+            self.inbox.forget.remote(trial_ids)
 
     def poll(self, wait_s: float = 0.0) -> list[Event]:
         """Events since the last poll, waiting up to ``wait_s`` for a trial to finish if none has."""
@@ -206,6 +234,7 @@ class RayExecutor:
 
     def _outcome(self, trial_id: int, ref: ray.ObjectRef) -> Event:
         streamed = self.in_flight.pop(trial_id).streamed
+        self._forget([trial_id])
         try:
             result, node, worker = ray.get(ref)
             return Finished(trial_id, result, node, worker, streamed)

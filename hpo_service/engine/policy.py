@@ -20,6 +20,8 @@ from hpo_service.engine.optimizers import build_stage_optimizer, penalty
 from hpo_service.spec import OptimizerSection, SearchSpace, SearchSpec
 from hpo_service.statuses import TrialStatus
 
+TOLD_A_LOSS = (TrialStatus.SUCCEEDED, TrialStatus.STOPPED)  # a stopped run's loss is its predicted final loss
+
 
 class PolicyError(RuntimeError):
     """The policy cannot go on (e.g. its state cannot be saved); the message says why."""
@@ -27,7 +29,8 @@ class PolicyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one training run of a candidate ended: its status and, if it succeeded, its final loss."""
+    """How one training run of a candidate ended: its status and, if it succeeded, its final loss (if it was
+    stopped early, its predicted final loss: ``hpo_service.early_stopping.predicted_final``)."""
 
     status: TrialStatus
     loss: float | None = None
@@ -40,13 +43,14 @@ class Told:
     values: list[float | None]  # told to each candidate, in ask order (None: a phase that tells no optimizer)
     diverged: int  # trials
     failed: int  # trials
+    stopped: int = 0  # trials
 
 
 class GenerationalPolicy:
     """A Nevergrad optimizer asked one population per generation, told it once all of it has trained.
 
     A candidate is trained ``replicates`` times (one seed each) and told the mean of its losses, or the
-    penalty if any replicate did not succeed.
+    penalty if any replicate diverged or failed (a stopped replicate counts with its predicted final loss).
     """
 
     def __init__(
@@ -110,7 +114,7 @@ class GenerationalPolicy:
         self.worst_loss = max([*finite, *([] if self.worst_loss is None else [self.worst_loss])], default=None)
         values = []
         for candidate, replicates in zip(self.candidates, outcomes, strict=True):
-            if all(o.status == TrialStatus.SUCCEEDED and o.loss is not None for o in replicates):
+            if all(o.status in TOLD_A_LOSS and o.loss is not None for o in replicates):
                 value = statistics.fmean(o.loss for o in replicates)
             else:
                 value = penalty(self.worst_loss, self.vocab_size)
@@ -118,4 +122,6 @@ class GenerationalPolicy:
             values.append(value)
         self.told_generations += 1
         flat = [o.status for replicates in outcomes for o in replicates]
-        return Told(values, flat.count(TrialStatus.DIVERGED), flat.count(TrialStatus.FAILED))
+        return Told(
+            values, flat.count(TrialStatus.DIVERGED), flat.count(TrialStatus.FAILED), flat.count(TrialStatus.STOPPED)
+        )

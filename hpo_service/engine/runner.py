@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from hpo_service.early_stopping import judged_steps, predicted_final, should_stop
 from hpo_service.engine.plan import SearchPlan
 from hpo_service.engine.policy import Outcome
 from hpo_service.export import starting_point
 from hpo_service.spec import SearchSpec, TargetSection
-from hpo_service.statuses import TrialStatus
+from hpo_service.statuses import TrialKind, TrialStatus
 from hpo_service.store import queries, writes
 from hpo_service.store.models import Search, Trial
 from trainer.config import TrainConfig
@@ -52,6 +53,10 @@ class SearchRunner:
         self.config = self.train_config.model_dump(mode="json")
         self.may_have_pending = True  # False once a dispatch found fewer pending trials than free slots
         self.finished = False  # True once it ended the search: completed, or failed by its trials
+        self.rule = spec.stopping()
+        training = self.train_config.training
+        self.judged = set(judged_steps(self.rule, training.steps, training.eval_interval)) if self.rule else set()
+        self.stopping: set[int] = set()  # trials asked to stop
 
     @classmethod
     def load(cls, session: Session, search: Search) -> SearchRunner:
@@ -83,6 +88,24 @@ class SearchRunner:
         fields = {k: v for k, v in target.items() if k != "index"}
         return self.spec.target_config(TargetSection(**fields)).model_dump(mode="json")
 
+    def to_stop(self, session: Session, points: dict[int, list[tuple[int, float]]]) -> list[int]:
+        """Of the running search trials with new ``points`` (trial id -> [(step, validation loss)]), those the
+        early-stopping rule stops now (``hpo_service.early_stopping``); re-evaluations and checks never stop."""
+        phase = self.policy.phase
+        if self.rule is None or phase is None or phase.kind != TrialKind.SEARCH:
+            return []
+        stop = []
+        for trial_id, curve in points.items():
+            for step, loss in curve:
+                if trial_id in self.stopping or step not in self.judged:
+                    continue
+                others = queries.stage_losses_at(session, self.search_id, phase.stage, step)
+                others.pop(trial_id, None)
+                if should_stop(self.rule, loss, list(others.values())):
+                    self.stopping.add(trial_id)
+                    stop.append(trial_id)
+        return stop
+
     def advance(self, session: Session) -> bool:
         """If the current generation is complete: tell it, then fail the search if its trials all failed (see
         the module's docstring), else ask the next generation or complete the search."""
@@ -92,7 +115,8 @@ class SearchRunner:
         rows = queries.generation_trials(session, self.search_id, generation)
         outcomes: list[list[Outcome]] = [[] for _ in range(len(self.policy.phase.candidates))]
         for row in rows:
-            outcomes[row.index].append(Outcome(row.status, row.loss))
+            loss = self._predicted(session, row) if row.status == TrialStatus.STOPPED else row.loss
+            outcomes[row.index].append(Outcome(row.status, loss))
         told = self.policy.tell(outcomes)
         losses = queries.candidate_losses(session, self.search_id, generation)
         summary = writes.GenerationSummary(
@@ -100,6 +124,7 @@ class SearchRunner:
             median_loss=_median(losses),
             diverged=told.diverged,
             failed=told.failed,
+            stopped=told.stopped,
         )
         writes.end_generation(session, self.search_id, generation, summary)
         failure = self._failure(session, rows)
@@ -111,6 +136,15 @@ class SearchRunner:
             self._ask(session)
         self.finished = failure is not None or self.policy.finished
         return True
+
+    def _predicted(self, session: Session, row: Trial) -> float | None:
+        """What a stopped trial is told: its predicted final loss (``early_stopping.predicted_final``), from the
+        store alone, so that a restored search tells the same."""
+        point = queries.last_val_point(session, row.id)
+        if point is None:
+            return None  # told the penalty
+        step, loss = point
+        return predicted_final(loss, queries.drops_after(session, self.search_id, row.stage, step))
 
     def _failure(self, session: Session, generation: list[Trial]) -> str | None:
         """Why the search fails now that ``generation`` has been told, if it does: every trial of the generation

@@ -289,6 +289,21 @@ def running_trials(session: Session, search_id: int, limit: int) -> list[Row]:
     )
 
 
+def stopped_trials(session: Session, search_id: int, limit: int) -> list[Row]:
+    """``id, generation, index, replicate, loss`` (none), ``kind``, ``arm`` and ``steps`` (where it stopped) of
+    the search's trials that the early-stopping rule stopped, the last to stop first."""
+    return list(
+        session.execute(
+            select(
+                Trial.id, Trial.generation, Trial.index, Trial.replicate, Trial.loss, Trial.kind, Trial.arm, Trial.steps
+            )
+            .where(Trial.search_id == search_id, Trial.status == TrialStatus.STOPPED)
+            .order_by(Trial.finished_at.desc(), Trial.id.desc())
+            .limit(limit)
+        ).all()
+    )
+
+
 def curves(session: Session, trial_ids: Sequence[int]) -> dict[int, list[Row]]:
     """The learning curve (``step, train_loss, val_loss`` points, by step) of each of ``trial_ids``."""
     result: dict[int, list[Row]] = {trial_id: [] for trial_id in trial_ids}
@@ -354,3 +369,48 @@ def lease(session: Session, name: str) -> LeaseState | None:
 def _utc(moment: datetime) -> datetime:
     """``moment`` in UTC; SQLite hands back the UTC times it stores without a zone."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# -- early stopping (``hpo_service.early_stopping``) -----------------------------------------------------------------
+
+
+def _stage_search(search_id: int, stage: str | None):
+    """The search trials of one stage (of a search without stages: stage null)."""
+    same_stage = Trial.stage.is_(None) if stage is None else Trial.stage == stage
+    return (Trial.search_id == search_id, Trial.kind == TrialKind.SEARCH, same_stage)
+
+
+def stage_losses_at(session: Session, search_id: int, stage: str | None, step: int) -> dict[int, float]:
+    """Trial id -> validation loss at ``step``, of the stage's search trials that reached it (any status)."""
+    rows = session.execute(
+        select(ProgressPoint.trial_id, ProgressPoint.val_loss)
+        .join(Trial, Trial.id == ProgressPoint.trial_id)
+        .where(*_stage_search(search_id, stage), ProgressPoint.step == step, ProgressPoint.val_loss.is_not(None))
+    ).all()
+    return dict(rows)
+
+
+def last_val_point(session: Session, trial_id: int) -> tuple[int, float] | None:
+    """A trial's last ``(step, validation loss)``."""
+    row = session.execute(
+        select(ProgressPoint.step, ProgressPoint.val_loss)
+        .where(ProgressPoint.trial_id == trial_id, ProgressPoint.val_loss.is_not(None))
+        .order_by(ProgressPoint.step.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (row.step, row.val_loss)
+
+
+def drops_after(session: Session, search_id: int, stage: str | None, step: int) -> list[float]:
+    """Final loss minus the validation loss at ``step``, of each of the stage's search trials that succeeded."""
+    rows = session.execute(
+        select(Trial.loss - ProgressPoint.val_loss)
+        .join(ProgressPoint, ProgressPoint.trial_id == Trial.id)
+        .where(
+            *_stage_search(search_id, stage),
+            Trial.status == TrialStatus.SUCCEEDED,
+            ProgressPoint.step == step,
+            ProgressPoint.val_loss.is_not(None),
+        )
+    ).all()
+    return [row[0] for row in rows]

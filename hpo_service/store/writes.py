@@ -63,6 +63,7 @@ class GenerationSummary:
     median_loss: float | None
     diverged: int
     failed: int
+    stopped: int = 0
 
 
 # -- searches -------------------------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def requeue(session: Session, trial_ids: Sequence[int]) -> None:
         session.execute(
             update(Trial)
             .where(Trial.id.in_(trial_ids), Trial.status == TrialStatus.RUNNING)
-            .values(status=TrialStatus.PENDING, attempts=Trial.attempts - 1, started_at=None)
+            .values(status=TrialStatus.PENDING, attempts=Trial.attempts - 1, started_at=None, steps=None)
         )
         session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id.in_(trial_ids)))
 
@@ -237,6 +238,7 @@ def record_lost_worker(session: Session, trial_id: int, reason: str, max_retries
     if trial is None or trial.status != TrialStatus.RUNNING:
         return
     session.execute(delete(ProgressPoint).where(ProgressPoint.trial_id == trial_id))
+    trial.steps = None
     if trial.attempts <= max_retries:
         trial.status, trial.error = TrialStatus.PENDING, storable_text(f"worker lost, retrying: {reason}")
     else:
@@ -283,14 +285,26 @@ def record_results(
     record_progress(session, curves)
 
 
+_TRAINED_SO_FAR = (
+    Trial.__table__.update()
+    .where(Trial.__table__.c.id == bindparam("trial_id"), Trial.__table__.c.status == TrialStatus.RUNNING)
+    .values(steps=bindparam("trained"))
+)
+
+
 def record_progress(session: Session, points: Sequence[tuple[int, int, dict[str, float | None]]]) -> None:
-    """Learning-curve points ``(trial_id, step, {train_loss, val_loss})``."""
+    """Learning-curve points ``(trial_id, step, {train_loss, val_loss})``; a running trial's ``steps`` follow
+    them (how far it has trained)."""
     rows = [
         {"trial_id": trial_id, "step": int(step), "train_loss": m.get("train_loss"), "val_loss": m.get("val_loss")}
         for trial_id, step, m in points
     ]
     if rows:
         session.execute(insert(ProgressPoint), rows)
+        trained: dict[int, int] = {}
+        for row in rows:
+            trained[row["trial_id"]] = max(trained.get(row["trial_id"], 0), row["step"])
+        session.execute(_TRAINED_SO_FAR, [{"trial_id": t, "trained": n} for t, n in trained.items()])
 
 
 # -- the engine lease: one engine drives the searches (``hpo_service.engine.lease``) ------------------------------

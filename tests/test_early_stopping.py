@@ -1,0 +1,146 @@
+"""Early stopping: the rules on their own, and hopeless trials stopped by the engine on real Ray and both stores."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import ray
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+import tests.trial_fns as trial_fns
+from hpo_service.api.app import create_app
+from hpo_service.early_stopping import judged_steps, percentile, predicted_final, should_stop
+from hpo_service.engine.commands import Commands
+from hpo_service.spec import EarlyStoppingSection, SearchSpec
+from tests.test_engine import EXECUTORS, engine_on, finished, run_until, told_in_first_generation, trials_of
+
+ray.cloudpickle.register_pickle_by_value(trial_fns)  # Ray workers cannot import the tests package
+
+MEDIAN = EarlyStoppingSection(rule="median", min_trials=2, min_fraction=0.25)
+HALVING = EarlyStoppingSection(rule="successive_halving", reduction_factor=3, min_fraction=0.1, min_trials=2)
+
+
+# -- the rules --------------------------------------------------------------------------------------------------------
+
+
+def test_the_median_rule_judges_every_evaluation_from_its_first_fraction_but_the_last():
+    assert judged_steps(MEDIAN, steps=40, eval_every=4) == [12, 16, 20, 24, 28, 32, 36]
+
+
+def test_successive_halving_judges_at_its_rungs_each_the_first_evaluation_at_or_after_it():
+    assert judged_steps(HALVING, steps=100, eval_every=10) == [10, 30, 90]
+    assert judged_steps(HALVING, steps=100, eval_every=7) == [14, 35, 91]
+    assert judged_steps(HALVING, steps=100, eval_every=30) == [30, 90]  # rungs 10 and 30 meet at step 30
+    assert judged_steps(EarlyStoppingSection(), steps=100, eval_every=10) == []
+
+
+@pytest.mark.parametrize(
+    ("loss", "others", "stops"),
+    [(3.0, [1.0, 2.0, 3.0, 4.0], True), (2.5, [1.0, 2.0, 3.0, 4.0], False), (9.0, [1.0], False),
+     (math.nan, [1.0, 2.0], False)],
+)  # fmt: skip
+def test_the_median_rule_stops_a_loss_above_the_others_median_given_enough_others(loss, others, stops):
+    assert should_stop(MEDIAN, loss, others) is stops
+
+
+def test_successive_halving_keeps_the_best_third_of_those_at_the_rung_itself_included():
+    others = [1.0, 2.0, 3.0, 4.0, 5.0]  # with itself, 6 at the rung: the best 2 go on
+    assert not should_stop(HALVING, 0.5, others)
+    assert not should_stop(HALVING, 1.5, others)
+    assert should_stop(HALVING, 2.5, others)
+
+
+def test_a_percentile_interpolates_as_numpy_does():
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 25) == 2.0
+
+
+def test_a_stopped_trial_is_predicted_to_fall_by_the_median_drop_of_those_that_finished():
+    assert predicted_final(3.0, [-0.5, -0.7, -0.6]) == pytest.approx(2.4)
+    assert predicted_final(3.0, []) == 3.0
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [({"rule": "hyperband"}, "rule"), ({"rule": "median", "percentile": 100}, "percentile"),
+     ({"rule": "successive_halving", "reduction_factor": 1}, "reduction_factor"),
+     ({"rule": "median", "min_fraction": 0}, "min_fraction"), ({"rule": "median", "grace": 3}, "grace")],
+)  # fmt: skip
+def test_a_bad_rule_or_parameter_is_refused_naming_the_field(section, field):
+    with pytest.raises(ValidationError) as refused:
+        SearchSpec.model_validate({"name": "x", "early_stopping": section})
+    assert refused.value.errors()[0]["loc"] == ("early_stopping", field)
+
+
+def test_the_api_refuses_a_bad_rule_with_a_422_naming_it_and_stores_nothing(db_url):
+    with TestClient(create_app(db_url, run_engine=False, allowed_hosts=["testserver"])) as client:
+        answer = client.post("/api/searches", json={"name": "x", "early_stopping": {"rule": "asha"}})
+        assert answer.status_code == 422
+        assert answer.json()["detail"][0]["loc"][-2:] == ["early_stopping", "rule"]
+        assert client.get("/api/searches").json()["searches"] == []
+
+
+# -- the engine ------------------------------------------------------------------------------------------------------
+
+STEPS = 40
+
+
+@pytest.fixture
+def engine_ray(local_ray):
+    yield
+    while EXECUTORS:
+        EXECUTORS.pop().close()
+
+
+def curve_spec(early_stopping: dict | None) -> SearchSpec:
+    sections = {
+        "name": "early-stopping",
+        "training": {"batch_size": 4, "steps": STEPS, "warmup_steps": 2, "eval_every": 4, "device": "cpu"},
+        "search_space": {"modules": ["attn_q", "mlp_up"], "hps": ["lr"], "log2_bounds": [-2.0, 2.0]},
+        "optimizer": {"name": "random", "population": 6, "generations": 2, "seed": 0},
+        "execution": {"parallel": 2, "timeout_s": 60},
+    }
+    if early_stopping is not None:
+        sections["early_stopping"] = early_stopping
+    return SearchSpec.model_validate(sections)
+
+
+@pytest.mark.usefixtures("engine_ray")
+def test_hopeless_trials_are_stopped_early_and_told_their_predicted_final_loss(sessions, db_url):
+    search = Commands(sessions).create(curve_spec({"rule": "median", "min_trials": 2, "min_fraction": 0.25}))
+    run_until(engine_on(sessions, trial_fns.curve), sessions, search.id, finished)
+
+    trials = trials_of(sessions, search.id)
+    stopped = [t for t in trials if t.status == "stopped"]
+    succeeded = [t for t in trials if t.status == "succeeded"]
+    assert len(stopped) + len(succeeded) == len(trials) == 12 and stopped
+    best = min(trials, key=lambda t: trial_fns.bowl_loss(t.multipliers))
+    assert best.status == "succeeded" and best.steps == STEPS  # the good one trained to its end
+    assert all(12 <= t.steps < STEPS and t.loss is None for t in stopped)  # judged from step 12, stopped early
+    assert statistics.fmean(trial_fns.bowl_loss(t.multipliers) for t in stopped) > statistics.fmean(
+        trial_fns.bowl_loss(t.multipliers) for t in succeeded
+    )
+    # the curves are linear, so the median drop of the finished trials predicts a stopped one's final loss exactly
+    generation0 = [t for t in trials if t.generation == 0]
+    assert any(t.status == "stopped" for t in generation0)
+    told = told_in_first_generation(sessions, search.id)
+    assert told == pytest.approx(sorted(trial_fns.bowl_loss(t.multipliers) for t in generation0))
+
+    with TestClient(create_app(db_url, run_engine=False, allowed_hosts=["testserver"])) as client:
+        listed = client.get(f"/api/searches/{search.id}/trials", params={"status": "stopped"}).json()
+        generations = client.get(f"/api/searches/{search.id}/generations").json()
+        detail = client.get(f"/api/searches/{search.id}/trials/{stopped[0].id}").json()
+    assert sorted(t["id"] for t in listed["trials"]) == sorted(t.id for t in stopped)
+    assert [t["steps_trained"] for t in listed["trials"]] == [t.steps for t in sorted(stopped, key=lambda t: t.id)]
+    assert sum(g["stopped"] for g in generations) == len(stopped)
+    assert detail["curve"][-1]["step"] == stopped[0].steps  # its curve ends where it stopped
+
+
+@pytest.mark.usefixtures("engine_ray")
+def test_without_a_rule_every_trial_trains_to_its_end(sessions):
+    search = Commands(sessions).create(curve_spec(None))
+    run_until(engine_on(sessions, trial_fns.curve), sessions, search.id, finished)
+    assert {(t.status, t.steps) for t in trials_of(sessions, search.id)} == {("succeeded", STEPS)}
