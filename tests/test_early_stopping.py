@@ -15,6 +15,8 @@ from hpo_service.api.app import create_app
 from hpo_service.early_stopping import judged_steps, percentile, predicted_final, should_stop
 from hpo_service.engine.commands import Commands
 from hpo_service.spec import EarlyStoppingSection, SearchSpec
+from hpo_service.store.database import database_url, open_database, session_factory, upgrade
+from tests.controller import Controller
 from tests.test_engine import EXECUTORS, engine_on, finished, run_until, told_in_first_generation, trials_of
 
 ray.cloudpickle.register_pickle_by_value(trial_fns)  # Ray workers cannot import the tests package
@@ -144,3 +146,65 @@ def test_without_a_rule_every_trial_trains_to_its_end(sessions):
     search = Commands(sessions).create(curve_spec(None))
     run_until(engine_on(sessions, trial_fns.curve), sessions, search.id, finished)
     assert {(t.status, t.steps) for t in trials_of(sessions, search.id)} == {("succeeded", STEPS)}
+
+
+# -- a controller killed while it stops trials ---------------------------------------------------------------------
+
+FAULT_SPEC = {
+    "name": "early-stopping-faults",
+    "training": {"batch_size": 4, "steps": STEPS, "warmup_steps": 2, "eval_every": 4, "device": "cpu"},
+    "search_space": {"modules": ["attn_q", "mlp_up"], "hps": ["lr"], "log2_bounds": [-2.0, 2.0]},
+    "optimizer": {"name": "cma", "population": 6, "generations": 2, "seed": 5},
+    "early_stopping": {"rule": "median", "min_trials": 2, "min_fraction": 0.25},
+    "execution": {"parallel": 2, "max_retries": 0, "timeout_s": 60},
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(local_ray, tmp_path_factory) -> dict[tuple[int, int], list[float]]:
+    """(generation, index) -> vector of FAULT_SPEC run in one go, in this process."""
+    url = database_url(str(tmp_path_factory.mktemp("uninterrupted") / "hpo.db"))
+    upgrade(url)
+    sessions = session_factory(open_database(url))
+    search = Commands(sessions).create(SearchSpec.model_validate(FAULT_SPEC))
+    try:
+        run_until(engine_on(sessions, trial_fns.curve), sessions, search.id, finished)
+    finally:
+        while EXECUTORS:
+            EXECUTORS.pop().close()
+    return {(t.generation, t.index): t.vector for t in trials_of(sessions, search.id)}
+
+
+def test_a_controller_killed_while_stopping_trials_resumes_with_every_candidate_once(db_url, uninterrupted, tmp_path):
+    """Which trials stop depends on timing, but not what the optimizer is told (the curves are linear, so a
+    stopped trial's predicted final loss is its true one): after SIGKILLs of the controller, each while a trial
+    has just been stopped and others train, the search asks exactly the uninterrupted search's candidates."""
+    spec = {**FAULT_SPEC, "execution": {**FAULT_SPEC["execution"], "trial": "tests.trial_fns:curve"}}
+    env = {"HPO_ALLOWED_TRIALS": "tests.trial_fns:*", "HPO_LEASE_TTL_S": "3"}  # a restart waits out the lease
+    controller = Controller(db_url, tmp_path / "controller.log", env=env)
+    controller.start()
+    try:
+        search_id = controller.post("/api/searches", spec).json()["id"]
+        for generation in range(2):
+
+            def stopping(search: dict, trials: list[dict], generation: int = generation) -> bool:
+                mine = [t for t in trials if t["generation"] == generation]
+                return any(t["status"] == "stopped" for t in mine) and any(t["status"] == "running" for t in mine)
+
+            controller.wait_for(search_id, stopping, interval_s=0.05)
+            controller.kill()
+            controller.start()
+        final = controller.wait_for(search_id, lambda s, trials: s["status"] in ("completed", "failed"))
+        trials = controller.get(f"/api/searches/{search_id}/trials", limit=100)["trials"]
+        first_stopped = next(t["id"] for t in trials if t["status"] == "stopped")
+        stopped = controller.get(f"/api/searches/{search_id}/trials/{first_stopped}")
+    finally:
+        controller.stop()
+
+    assert final["status"] == "completed", final
+    keys = [(t["generation"], t["index"]) for t in trials]
+    assert sorted(keys) == sorted(uninterrupted)  # every candidate exactly once
+    assert {t["status"] for t in trials} == {"succeeded", "stopped"}
+    for t in trials:  # the optimizer, restored after each kill, asked what the uninterrupted one asked
+        assert t["vector"] == pytest.approx(uninterrupted[(t["generation"], t["index"])], abs=1e-12)
+    assert stopped["curve"][-1]["step"] == stopped["steps_trained"] < STEPS
