@@ -208,3 +208,6 @@ def test_a_controller_killed_while_stopping_trials_resumes_with_every_candidate_
     for t in trials:  # the optimizer, restored after each kill, asked what the uninterrupted one asked
         assert t["vector"] == pytest.approx(uninterrupted[(t["generation"], t["index"])], abs=1e-12)
     assert stopped["curve"][-1]["step"] == stopped["steps_trained"] < STEPS
+    sessions = session_factory(open_database(db_url))
+    told = told_in_first_generation(sessions, search_id)  # a stopped trial told its true final loss, as it should
+    assert told == pytest.approx(sorted(trial_fns.bowl_loss(t["multipliers"]) for t in trials if t["generation"] == 0))
