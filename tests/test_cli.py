@@ -12,6 +12,10 @@ import httpx
 import pytest
 
 from hpo_service.cli import CLIError, build_parser, load_train_config, main
+from hpo_service.engine.commands import Commands
+from hpo_service.spec import SearchSpec
+from hpo_service.store import writes
+from hpo_service.store.database import transaction
 from tests.controller import Controller
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,3 +189,54 @@ def test_hpo_delete_removes_an_ended_search_and_the_engine_carries_on(db_url, tm
     finally:
         controller.stop()
     assert "Traceback" not in (tmp_path / "controller.log").read_text()
+
+
+# -- `hpo status` and `hpo watch` count the trials stopped early ----------------------------------------------------
+
+EARLY_STOPPING = {
+    **QUICK,
+    "name": "stopping",
+    "optimizer": {**QUICK["optimizer"], "population": 5},
+    "early_stopping": {"rule": "median", "min_trials": 2},
+}
+# (status, loss, steps trained) of its one generation's trials
+OUTCOMES = [("succeeded", 2.0, 5), ("stopped", None, 2), ("failed", None, None), ("succeeded", 3.0, 5),
+            ("stopped", None, 3)]  # fmt: skip
+
+
+def stopped_early(sessions) -> int:
+    """A completed search of ``EARLY_STOPPING`` whose trials ended as ``OUTCOMES`` say, written as the engine
+    writes a generation, its results and its summary."""
+    search = Commands(sessions).create(SearchSpec.model_validate(EARLY_STOPPING))
+    multipliers = {"module": {"attn_q": {"lr": 0.5}}, "depth": {}, "residual": {}}
+    trials = [{"index": i, "replicate": 0, "seed": 0, "vector": [0.5], "multipliers": multipliers, "hps": {}}
+              for i in range(len(OUTCOMES))]  # fmt: skip
+    with transaction(sessions) as session:
+        writes.start_search(session, search.id)
+        writes.add_generation(session, search.id, 0, trials, "random", b"", stage="search")
+        claimed = [trial.id for trial in writes.claim_pending(session, search.id, 0, len(OUTCOMES))]
+    results = [
+        writes.FinishedTrial(trial_id, status, loss, loss, steps, None, None, 1.0, None, None, None)
+        for trial_id, (status, loss, steps) in zip(claimed, OUTCOMES, strict=True)
+    ]
+    with transaction(sessions) as session:
+        writes.record_results(session, results, [], [])
+        summary = writes.GenerationSummary(best_loss=2.0, median_loss=2.5, diverged=0, failed=1, stopped=2)
+        writes.end_generation(session, search.id, 0, summary)
+        writes.complete_search(session, search.id)
+    return search.id
+
+
+def test_hpo_status_and_watch_count_the_trials_stopped_early(sessions, db_url, tmp_path, capsys):
+    search_id = stopped_early(sessions)
+    controller = Controller(db_url, tmp_path / "controller.log", args=("--no-engine",)).start()
+    try:
+        server = ("--server", controller.url)
+        code, out, _ = hpo_here(capsys, "status", str(search_id), *server)
+        assert code == 0 and "; trials: 2 succeeded, 1 failed, 2 stopped\n" in out
+        code, out, _ = hpo_here(capsys, "watch", str(search_id), *server)
+        assert code == 0
+        line = "generation   0 (stage search): best 2.0000  median 2.5000  diverged 0  failed 1  stopped 2  of 5\n"
+        assert out.startswith(line)
+    finally:
+        controller.stop()

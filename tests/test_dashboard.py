@@ -12,6 +12,8 @@ from sqlalchemy import event, insert, update
 
 from hpo_service.api.app import create_app
 from hpo_service.api.settings import settings_of
+from hpo_service.dashboard import outcomes as dashboard_outcomes
+from hpo_service.dashboard.curves import MAX_STOPPED
 from hpo_service.dashboard.sampling import envelope, evenly
 from hpo_service.store.models import Generation, ProgressPoint, Trial
 
@@ -75,6 +77,7 @@ def add_trials(client, search_id: int, *trials: dict) -> list[int]:
                 "multipliers": {},
                 "hps": {},
                 "loss": trial.get("loss"),
+                "steps": trial.get("steps"),
                 "finished_at": START + timedelta(seconds=trial.get("ended", i)) if status != "running" else None,
             }
         )
@@ -213,8 +216,45 @@ def test_diverged_and_failed_trials_are_marked_apart_never_at_a_loss_and_never_b
         "succeeded": [1, 1],
         "diverged": [1, 1],
         "failed": [1, 0],
+        "stopped": [0, 0],
     }
     assert not outcomes["sampled"]
+
+
+def test_stopped_trials_are_marks_of_their_own_counted_as_evaluations_never_in_the_population_nor_best(client):
+    search_id = new_search(client)
+    ids = add_trials(
+        client,
+        search_id,
+        {"status": "stopped", "steps": 20},  # the first to end: a best-so-far that counted it would start here
+        {"loss": 3.0},
+        {"status": "stopped", "steps": 40},
+        {"status": "diverged"},
+        {"loss": 2.9, "generation": 1},
+        {"status": "stopped", "generation": 1, "steps": 20},
+    )
+    outcomes = get(client, f"/api/searches/{search_id}/dashboard/outcomes")
+    assert outcomes["evaluations"] == 6
+    assert outcomes["best_so_far"] == {"x": [2, 5], "loss": [3.0, 2.9], "trial_id": [ids[1], ids[4]]}
+    assert outcomes["evaluated"]["trial_id"] == [ids[1], ids[4]]
+    assert outcomes["population"]["trial_id"] == [ids[1], ids[4]]
+    assert outcomes["stopped"] == {"generation": [0, 0, 1], "trial_id": [ids[0], ids[2], ids[5]], "count": 3}
+    assert outcomes["diverged"] == {"generation": [0], "trial_id": [ids[3]], "count": 1}
+    assert outcomes["failed"]["count"] == 0
+    generations = outcomes["generations"]
+    assert (generations["succeeded"], generations["diverged"], generations["stopped"]) == ([1, 1], [1, 0], [2, 1])
+    assert (generations["best"], generations["median"]) == ([3.0, 2.9], [3.0, 2.9])
+    assert not outcomes["sampled"]
+
+
+def test_stopped_marks_keep_the_populations_bound_and_say_they_are_a_sample(client, monkeypatch):
+    monkeypatch.setattr(dashboard_outcomes, "MAX_POPULATION", 4)
+    search_id = new_search(client)
+    add_trials(client, search_id, {"loss": 3.0}, *({"status": "stopped"} for _ in range(10)))
+    outcomes = get(client, f"/api/searches/{search_id}/dashboard/outcomes")
+    stopped = outcomes["stopped"]
+    assert stopped["count"] == 10 and len(stopped["trial_id"]) == len(stopped["generation"]) == 4
+    assert outcomes["sampled"] and outcomes["evaluations"] == 11
 
 
 def test_the_heatmap_shows_the_candidate_the_export_would_export_on_a_module_by_hp_grid(client):
@@ -315,6 +355,30 @@ def test_curves_are_those_of_the_running_trials_and_of_the_best_ones(client):
     assert [(c["trial_id"], c["role"]) for c in curves] == [(ids[7], "running")] + [(i, "best") for i in ids[:5]]
     assert curves[0]["step"] == [1, 2, 3] and curves[0]["val_step"] == [] and curves[0]["loss"] is None
     assert curves[1]["val_step"] == [10] and curves[1]["val_loss"] == [2.0] and curves[1]["loss"] == 2.0
+
+
+def test_the_curves_of_the_last_stopped_trials_end_where_they_stopped_and_are_never_among_the_best(client):
+    search_id = new_search(client)
+    stopped = MAX_STOPPED + 2
+    ids = add_trials(
+        client,
+        search_id,
+        {"loss": 2.5},
+        *({"status": "stopped", "steps": 10 * (i + 1), "ended": 10 + i} for i in range(stopped)),
+    )
+    trained = range(10, 10 * stopped + 1, 10)  # the last to stop reported each step up to where it stopped
+    points = [{"trial_id": ids[0], "step": s, "train_loss": 3.0, "val_loss": 2.5} for s in (10, 20, 30, 40)]
+    points += [{"trial_id": ids[-1], "step": s, "train_loss": 4.0, "val_loss": 4.5} for s in trained]
+    with settings_of(client.app).sessions() as session, session.begin():
+        session.execute(insert(ProgressPoint), points)
+    curves = get(client, f"/api/searches/{search_id}/dashboard/curves")["curves"]
+    assert [(c["trial_id"], c["role"]) for c in curves] == [(ids[0], "best")] + [
+        (trial_id, "stopped") for trial_id in reversed(ids[-MAX_STOPPED:])
+    ]  # the last to stop first; the first to stop is left out
+    curve = curves[1]
+    assert (curve["stopped_at"], curve["loss"], curve["kind"]) == (10 * stopped, None, "search")
+    assert curve["val_step"][-1] == curve["step"][-1] == 10 * stopped
+    assert curves[0]["stopped_at"] is None and curves[2]["stopped_at"] == 10 * (stopped - 1)
 
 
 def test_a_search_with_no_trials_yet_has_empty_charts(client):

@@ -64,6 +64,16 @@ ALL_FAIL_SPEC = {
     "search_space": {"modules": ["attn_q"], "hps": ["lr"]},
     "execution": {"parallel": 2, "timeout_s": 60, "max_retries": 0, "trial": "tests.trial_fns:raises"},
 }
+# A falling synthetic curve (``trial_fns.curve``, 2 s a trial): the median rule stops the hopeless trials early.
+EARLY_STOPPING_SPEC = {
+    **QUICK,
+    "name": "early-stopping",
+    "training": {"batch_size": 4, "steps": 40, "warmup_steps": 2, "eval_every": 4, "device": "cpu"},
+    "search_space": {"modules": ["attn_q", "mlp_up"], "hps": ["lr"], "log2_bounds": [-2.0, 2.0]},
+    "optimizer": {"name": "random", "population": 6, "generations": 2, "seed": 0},
+    "early_stopping": {"rule": "median", "min_trials": 2, "min_fraction": 0.25},
+    "execution": {"parallel": 2, "timeout_s": 60, "trial": "tests.trial_fns:curve"},
+}
 
 # Two stages (global HPs, then two modules' LRs around them), each's top 2 re-trained on 2 fresh seeds, then the
 # transfer check at width 64: the real trainer, 12 steps a trial, 18 trials.
@@ -352,5 +362,36 @@ def test_a_search_without_stages_or_checks_hides_both_panels_and_draws_no_stage_
     page.wait_for_function(LIVE)
     assert not page.is_visible("#selection") and not page.is_visible("#transfer")
     assert chart_texts(page, "population") == ["no loss:"] and chart_texts(page, "progress") == []
+    assert errors == []
+    page.close()
+
+
+def test_trials_stopped_early_are_marked_apart_and_their_curves_end_where_they_stopped(browser, controller):
+    page, search, errors = finished_page(browser, controller, EARLY_STOPPING_SPEC)
+    stopped = search["trials"]["stopped"]
+    assert search["status"] == "completed" and stopped > 0
+    page.wait_for_function(LIVE)
+
+    # the population chart: a row of its own in the band of trials with no loss, counted in the legend
+    traces = page.evaluate(
+        "document.getElementById('chart-population').data.map(t => [t.name, t.x.length, t.marker?.symbol ?? null])"
+    )
+    assert [f"stopped ({stopped})", stopped, "square"] in traces
+    assert ["succeeded", search["trials"]["succeeded"], None] in traces
+
+    # the learning curves: the last stopped, each ending in a mark that says where it stopped
+    trials = controller.get(f"/api/searches/{search['id']}/trials", status="stopped", limit=100)["trials"]
+    where = {f"#{t['id']} stopped at step {t['steps_trained']}" for t in trials}
+    ends = page.evaluate(f"{CURVES}.filter(t => t.name.endsWith('(end)')).map(t => t.hovertemplate.split('<br>')[0])")
+    assert ends and set(ends) <= where
+    assert "stopped at step " in page.inner_text("#trials tbody")  # in place of a loss
+    screenshot(page, "dashboard-early-stopping")
+
+    # the overview counts them
+    page.goto(controller.url)
+    row = page.locator(f'#searches tr[data-search-id="{search["id"]}"]')
+    row.wait_for()
+    headers = page.eval_on_selector_all("#searches th", "cells => cells.map(c => c.textContent)")
+    assert row.locator("td").nth(headers.index("stopped")).inner_text() == str(stopped)
     assert errors == []
     page.close()

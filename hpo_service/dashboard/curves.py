@@ -1,5 +1,5 @@
-"""Learning curves for the dashboard: the running trials of any kind (their streamed progress) and the best
-search trials."""
+"""Learning curves for the dashboard: the running trials of any kind (their streamed progress), the best search
+trials, and the search trials the early-stopping rule stopped last (each curve ends where it stopped)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hpo_service.store import queries
 
 MAX_RUNNING = 10  # running trials whose curves are drawn (the oldest first)
 BEST = 5  # best trials whose curves are drawn
+MAX_STOPPED = 5  # stopped trials whose curves are drawn (the last to stop first)
 MAX_POINTS = 250  # points per series (train loss, validation loss) of one curve
 
 
@@ -20,6 +21,7 @@ def curves(session: Session, search_id: int) -> Curves:
     trials = [
         *((t, "running") for t in queries.running_trials(session, search_id, MAX_RUNNING)),
         *((t, "best") for t in queries.ranked_trials(session, search_id, BEST)),
+        *((t, "stopped") for t in queries.stopped_trials(session, search_id, MAX_STOPPED)),
     ]
     points = queries.curves(session, [t.id for t, _ in trials])
     return Curves(curves=[_curve(trial, role, points[trial.id]) for trial, role in trials])
@@ -36,9 +38,10 @@ def _curve(trial: Row, role: str, points: list[Row]) -> Curve:
         index=trial.index,
         replicate=trial.replicate,
         role=role,
-        kind=trial.kind if role == "running" else TrialKind.SEARCH,
-        arm=trial.arm if role == "running" else None,
+        kind=TrialKind.SEARCH if role == "best" else trial.kind,
+        arm=None if role == "best" else trial.arm,
         loss=trial.loss,
+        stopped_at=trial.steps if role == "stopped" else None,
         step=[p.step for p in train],
         train_loss=[p.train_loss for p in train],
         val_step=[p.step for p in val],

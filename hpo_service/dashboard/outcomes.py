@@ -1,5 +1,5 @@
 """The evaluated trials of a search, aggregated for two charts: the best loss so far against evaluations, and
-the population of each generation (diverged and failed trials apart, since they have no loss).
+the population of each generation (diverged, failed and stopped trials apart, since they have no loss).
 
 Only search trials are candidates. A stage's re-evaluation (its top candidates on fresh seeds) is drawn apart in
 its own generation; the validation trains at other shapes, so its losses are not drawn here at all. ``phases``
@@ -19,14 +19,16 @@ from hpo_service.statuses import TrialKind, TrialStatus
 from hpo_service.store import queries
 
 MAX_EVALUATED = 1000  # points of the loss-against-evaluations scatter
-MAX_POPULATION = 1500  # population points; as many diverged and as many failed marks
+MAX_POPULATION = 1500  # population points; as many marks of each status in NO_LOSS
+# Evaluated, but with no loss to plot: each status is marked apart (a stopped trial never trained to its end, so
+# it has no final loss; what the optimizer is told for it is a prediction, not a result to draw).
+NO_LOSS = (TrialStatus.DIVERGED, TrialStatus.FAILED, TrialStatus.STOPPED)
 
 
 @dataclass
 class _Generation:
     succeeded: list[tuple[float, int]] = field(default_factory=list)  # (loss, trial id)
-    diverged: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
+    no_loss: dict[str, list[int]] = field(default_factory=lambda: {status: [] for status in NO_LOSS})
 
 
 def outcomes(session: Session, search_id: int) -> Outcomes:
@@ -42,7 +44,7 @@ def outcomes(session: Session, search_id: int) -> Outcomes:
             phase.first_evaluation = number
         generation = generations.setdefault(row.generation, _Generation())
         if row.status != TrialStatus.SUCCEEDED:
-            getattr(generation, row.status).append(row.id)
+            generation.no_loss[row.status].append(row.id)
             continue
         generation.succeeded.append((row.loss, row.id))
         evaluated.append((number, row.loss, row.id))
@@ -52,7 +54,7 @@ def outcomes(session: Session, search_id: int) -> Outcomes:
     shown = LossPoints()
     for i in envelope([loss for _, loss, _ in evaluated], MAX_EVALUATED // 2):
         _append(shown, *evaluated[i])
-    population, diverged, failed, stats = _population(generations)
+    population, marks, stats = _population(generations)
     fresh = [r for r in queries.evaluations(session, search_id, TrialKind.REEVALUATION) if r.loss is not None]
     reevaluated = LossPoints()
     for i in evenly(len(fresh), MAX_POPULATION):
@@ -62,15 +64,13 @@ def outcomes(session: Session, search_id: int) -> Outcomes:
         best_so_far=best_so_far,
         evaluated=shown,
         population=population,
-        diverged=diverged,
-        failed=failed,
+        **marks,
         generations=stats,
         reevaluated=reevaluated,
         phases=phases,
         sampled=len(shown.x) < len(evaluated)
         or len(population.x) < sum(len(g.succeeded) for g in generations.values())
-        or len(diverged.trial_id) < diverged.count
-        or len(failed.trial_id) < failed.count
+        or any(len(m.trial_id) < m.count for m in marks.values())
         or len(reevaluated.x) < len(fresh),
     )
 
@@ -95,32 +95,30 @@ def _phases(session: Session, search_id: int) -> list[Phase]:
     return phases
 
 
-def _population(generations: dict[int, _Generation]) -> tuple[LossPoints, Marks, Marks, GenerationStats]:
-    """Each generation's losses spread by rank (its best and worst kept), and its diverged and failed trials,
-    at most ``MAX_POPULATION`` of each kind in all."""
+def _population(generations: dict[int, _Generation]) -> tuple[LossPoints, dict[str, Marks], GenerationStats]:
+    """Each generation's losses spread by rank (its best and worst kept), and the marks of its trials of each
+    status in ``NO_LOSS`` (by status), at most ``MAX_POPULATION`` of each in all."""
     cap = max(3, MAX_POPULATION // max(1, len(generations)))
     points: list[tuple[int, float, int]] = []
-    marks: dict[str, list[tuple[int, int]]] = {TrialStatus.DIVERGED: [], TrialStatus.FAILED: []}
+    marks: dict[str, list[tuple[int, int]]] = {status: [] for status in NO_LOSS}
     stats = GenerationStats()
     for number in sorted(generations):
         generation = generations[number]
         ranked = sorted(generation.succeeded)
         points += [(number, *ranked[i]) for i in evenly(len(ranked), cap)]
-        for kind, trial_ids in marks.items():
-            ended = getattr(generation, kind)
+        for status, trial_ids in marks.items():
+            ended = generation.no_loss[status]
             trial_ids += [(number, ended[i]) for i in evenly(len(ended), cap)]
+            getattr(stats, status).append(len(ended))
         losses = [loss for loss, _ in ranked]
         stats.number.append(number)
         stats.best.append(losses[0] if losses else None)
         stats.median.append(statistics.median(losses) if losses else None)
         stats.succeeded.append(len(losses))
-        stats.diverged.append(len(generation.diverged))
-        stats.failed.append(len(generation.failed))
     population = LossPoints()
     for i in evenly(len(points), MAX_POPULATION):
         _append(population, *points[i])
-    diverged, failed = (_marks(trial_ids, sum(getattr(stats, kind))) for kind, trial_ids in marks.items())
-    return population, diverged, failed, stats
+    return population, {status: _marks(pairs, sum(getattr(stats, status))) for status, pairs in marks.items()}, stats
 
 
 def _marks(pairs: list[tuple[int, int]], count: int) -> Marks:

@@ -27,7 +27,8 @@ CacheDep = Annotated[AnswerCache, Depends(answer_cache)]
 
 @router.get("/outcomes", response_model=Outcomes)
 def get_outcomes(search: SearchDep, session: SessionDep, cache: CacheDep) -> Outcomes:
-    """The best loss so far against evaluations, and every generation's population (diverged and failed apart)."""
+    """The best loss so far against evaluations, and every generation's population (diverged, failed and stopped
+    trials apart)."""
     return cache.answer(session, search.id, ("outcomes", search.id), lambda: outcomes(session, search.id))
 
 
@@ -45,7 +46,7 @@ def get_multipliers(
 
 @router.get("/curves", response_model=Curves)
 def get_curves(search: SearchDep, session: SessionDep) -> Curves:
-    """Learning curves of the running trials (as they stream in) and of the best trials."""
+    """Learning curves of the running trials (as they stream in), of the best trials, and of the last stopped."""
     return curves(session, search.id)
 
 

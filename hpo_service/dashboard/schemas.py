@@ -20,7 +20,7 @@ class LossPoints(BaseModel):
 
 
 class Marks(BaseModel):
-    """Trials that have no loss to plot (diverged or failed), by generation."""
+    """Trials that have no loss to plot (diverged, failed, or stopped early), by generation."""
 
     generation: list[int] = []
     trial_id: list[int] = []
@@ -34,6 +34,7 @@ class GenerationStats(BaseModel):
     succeeded: list[int] = []
     diverged: list[int] = []
     failed: list[int] = []
+    stopped: list[int] = []
 
 
 class Phase(BaseModel):
@@ -52,12 +53,13 @@ class Outcomes(BaseModel):
     """The evaluated search trials: the best loss so far against evaluations, and the population per generation;
     re-evaluations apart, and validations (at other shapes) not at all."""
 
-    evaluations: int = Field(description="Search trials evaluated so far (succeeded, diverged or failed).")
+    evaluations: int = Field(description="Search trials evaluated so far (succeeded, diverged, failed or stopped).")
     best_so_far: LossPoints = Field(description="The evaluations that improved on the best loss, in order.")
     evaluated: LossPoints = Field(description="Successful evaluations; over the cap, each run's lowest and highest.")
     population: LossPoints = Field(description="Successful trials by generation; over the cap, spread by rank.")
     diverged: Marks
     failed: Marks
+    stopped: Marks = Field(description="Stopped by the early-stopping rule: never a candidate, never the best.")
     generations: GenerationStats
     reevaluated: LossPoints = Field(description="Fresh-seed runs of the candidates selection re-trained.")
     phases: list[Phase] = Field(description="Where each stage, re-evaluation and validation lies, in order.")
@@ -113,10 +115,11 @@ class Curve(BaseModel):
     generation: int
     index: int
     replicate: int
-    role: Literal["running", "best"]
-    kind: TrialKind = Field(description="The best are search trials; a running trial may be of any kind.")
+    role: Literal["running", "best", "stopped"]
+    kind: TrialKind = Field(description="The best and the stopped are search trials; a running one may be any kind.")
     arm: str | None = Field(description="A validation trial's arm.")
     loss: float | None
+    stopped_at: int | None = Field(description="The step a stopped trial stopped at: where its curve ends.")
     step: list[int] = Field(description="Optimizer steps of the train-loss points.")
     train_loss: list[float]
     val_step: list[int]
@@ -124,7 +127,8 @@ class Curve(BaseModel):
 
 
 class Curves(BaseModel):
-    """Learning curves of the running trials (streamed while they train) and of the best trials."""
+    """Learning curves of the running trials (streamed while they train), of the best trials, and of the trials
+    the early-stopping rule stopped last."""
 
     curves: list[Curve]
 

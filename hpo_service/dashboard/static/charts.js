@@ -10,6 +10,7 @@ const COLOURS = {
   median: "#7a7a7a",
   diverged: "#d62728",
   failed: "#6b6b6b",
+  stopped: "#1a9fb0", // teal: no other trace is
   running: [
     "#e6550d",
     "#fd8d3c",
@@ -45,6 +46,12 @@ const SEQUENTIAL = [
   [0, "#f7fbff"],
   [0.5, "#6baed6"],
   [1, "#08306b"],
+];
+// Evaluated trials with no loss to draw, each status a row of marks in the band above the population chart.
+const NO_LOSS_MARKS = [
+  { kind: "diverged", y: 0.985, symbol: "x", hover: "diverged: no loss" },
+  { kind: "failed", y: 0.935, symbol: "triangle-up", hover: "failed: no loss" },
+  { kind: "stopped", y: 0.885, symbol: "square", hover: "stopped early: no final loss" },
 ];
 const VIRIDIS = ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725"];
 
@@ -220,7 +227,7 @@ export function progressFigure(o) {
 export function populationFigure(o) {
   if (o.evaluations === 0) return empty("no trial has ended yet");
   const g = o.generations;
-  const marks = (kind, y, symbol) => ({
+  const marks = ({ kind, y, symbol, hover }) => ({
     type: "scatter",
     mode: "markers",
     name: `${kind} (${o[kind].count})`,
@@ -229,7 +236,7 @@ export function populationFigure(o) {
     customdata: o[kind].generation.map((gen, i) => [gen, o[kind].trial_id[i]]),
     yaxis: "y2",
     marker: { symbol, size: 9, color: COLOURS[kind], line: { width: 1, color: COLOURS[kind] } },
-    hovertemplate: `trial #%{customdata[1]}<br>generation %{customdata[0]}<br>${kind}: no loss<extra></extra>`,
+    hovertemplate: `trial #%{customdata[1]}<br>generation %{customdata[0]}<br>${hover}<extra></extra>`,
   });
   const points = (series, name, marker, label) => ({
     type: "scatter",
@@ -264,8 +271,7 @@ export function populationFigure(o) {
       line: { color: COLOURS.median, width: 1.5, dash: "dash" },
       hovertemplate: "generation %{x}<br>median %{y:.4f}<extra></extra>",
     },
-    marks("diverged", 0.97, "x"),
-    marks("failed", 0.9, "triangle-up"),
+    ...NO_LOSS_MARKS.map(marks),
   );
   const last = Math.max(0, ...g.number, ...o.phases.map((phase) => phase.last));
   const stages = phaseMarks(o.phases);
@@ -273,9 +279,10 @@ export function populationFigure(o) {
     data,
     layout: layout({
       xaxis: axis("generation", { dtick: last > 20 ? null : 1, range: [-0.6, last + 0.6] }),
-      yaxis: axis(LOSS_TITLE, { domain: [0, 0.84] }),
-      // diverged and failed trials have no loss: they sit in a band above the plot, not at a made-up value
-      yaxis2: { domain: [0.86, 1], range: [0.85, 1.02], visible: false, fixedrange: true },
+      yaxis: axis(LOSS_TITLE, { domain: [0, 0.78] }),
+      // diverged, failed and stopped trials have no (final) loss: they sit in a band above the plot, one row
+      // each, not at a made-up value
+      yaxis2: { domain: [0.8, 1], range: [0.85, 1.02], visible: false, fixedrange: true },
       shapes: [
         ...stages.shapes,
         {
@@ -460,21 +467,49 @@ export function parallelFigure(m) {
   };
 }
 
+// How each role's learning curves are drawn: colours taken in turn, the train-loss line's width and dash.
+const CURVE_STYLES = {
+  running: { colours: COLOURS.running, width: 2.5, dash: "solid" },
+  best: { colours: COLOURS.top, width: 1.5, dash: "dot" },
+  stopped: { colours: [COLOURS.stopped], width: 1.5, dash: "dash" },
+};
+
+/** A curve's legend entry: `running #12 (g3.1)`, `best #7 (g2.0): 2.4512`, `stopped #9 (g2.3) at step 40`. */
+function curveName(curve) {
+  const candidate = `g${curve.generation}.${curve.index}${curve.replicate ? ` r${curve.replicate}` : ""}`;
+  const trial = `#${curve.trial_id} (${candidate})`;
+  if (curve.role === "stopped") return `stopped ${trial} at step ${curve.stopped_at}`;
+  if (curve.role === "best") return `best ${trial}: ${curve.loss.toFixed(4)}`;
+  const kind = curve.kind === "search" ? "" : ` ${curve.kind}${curve.arm ? ` ${plain(curve.arm)}` : ""}`;
+  return `running${kind} ${trial}`;
+}
+
+/** Where a stopped trial's curve ends: a mark on its last point (validation loss, else train loss). */
+function stopMark(curve, colour, name) {
+  const validation = curve.val_step.length > 0;
+  const [steps, losses] = validation ? [curve.val_step, curve.val_loss] : [curve.step, curve.train_loss];
+  const what = validation ? "validation" : "train";
+  return {
+    type: "scatter",
+    mode: "markers",
+    name: `${name} (end)`,
+    legendgroup: `trial-${curve.trial_id}`,
+    showlegend: false,
+    x: steps.slice(-1),
+    y: losses.slice(-1),
+    marker: { color: colour, size: 10, symbol: "square", line: { width: 1, color: "#fff" } },
+    hovertemplate: `#${curve.trial_id} stopped at step ${curve.stopped_at}<br>${what} loss %{y:.4f}<extra></extra>`,
+  };
+}
+
 export function curvesFigure(c) {
-  if (c.curves.length === 0) return empty("no trial is running or has succeeded yet");
+  if (c.curves.length === 0) return empty("no trial is running, has succeeded or was stopped yet");
   const data = [];
-  let running = 0;
-  let best = 0;
+  const drawn = { running: 0, best: 0, stopped: 0 };
   for (const curve of c.curves) {
-    const isRunning = curve.role === "running";
-    const colour = isRunning
-      ? COLOURS.running[running++ % COLOURS.running.length]
-      : COLOURS.top[best++ % COLOURS.top.length];
-    const candidate = `g${curve.generation}.${curve.index}${curve.replicate ? ` r${curve.replicate}` : ""}`;
-    const kind = curve.kind === "search" ? "" : ` ${curve.kind}${curve.arm ? ` ${plain(curve.arm)}` : ""}`;
-    const name = isRunning
-      ? `running${kind} #${curve.trial_id} (${candidate})`
-      : `best #${curve.trial_id} (${candidate}): ${curve.loss.toFixed(4)}`;
+    const style = CURVE_STYLES[curve.role];
+    const colour = style.colours[drawn[curve.role]++ % style.colours.length];
+    const name = curveName(curve);
     const group = `trial-${curve.trial_id}`;
     data.push(
       {
@@ -484,7 +519,7 @@ export function curvesFigure(c) {
         legendgroup: group,
         x: curve.step,
         y: curve.train_loss,
-        line: { color: colour, width: isRunning ? 2.5 : 1.5, dash: isRunning ? "solid" : "dot" },
+        line: { color: colour, width: style.width, dash: style.dash },
         hovertemplate: `#${curve.trial_id} step %{x}<br>train loss %{y:.4f}<extra></extra>`,
       },
       {
@@ -499,6 +534,7 @@ export function curvesFigure(c) {
         hovertemplate: `#${curve.trial_id} step %{x}<br>validation loss %{y:.4f}<extra></extra>`,
       },
     );
+    if (curve.role === "stopped") data.push(stopMark(curve, colour, name));
   }
   return {
     data,

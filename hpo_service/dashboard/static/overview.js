@@ -25,6 +25,7 @@ function row(search) {
     count(search.trials.running),
     count(search.trials.failed),
     count(search.trials.diverged),
+    count(search.trials.stopped),
     el("td", {}, search.optimizer),
     el("td", { title: search.created_at }, age(search.created_at)),
   );

@@ -1,6 +1,7 @@
 // One search, live: its summary is polled every 1.5 s; the charts of finished trials, the selection and transfer
 // check panels and the trial table are re-read when the trial counts change, and the learning curves on every
-// poll while trials are running. While no trial has succeeded, a notice says why in place of the loss charts.
+// poll while trials are running. While no trial has succeeded, a notice says why in place of the loss charts
+// (the learning curves stay while some are running or were stopped early: they have curves to show).
 import {
   addStatusOptions,
   age,
@@ -87,18 +88,18 @@ function renderControls(search) {
  * or while none has ended. */
 function noSuccess(search) {
   if (search.trials.succeeded > 0 || search.ended === 0) return null;
-  const none = `${search.ended} trials ended, none with a loss (their errors are in the trials table)`;
+  const none = `${search.ended} trials ended, none with a loss (the trials table says how each ended)`;
   if (search.finished_at == null) return `No trial has succeeded yet: ${none}.`;
   return `No trial succeeded: ${search.error || `${none}.`}`;
 }
 
-/** The notice in place of the loss charts (and of the curves, when none is running), or the charts. */
+/** The notice in place of the loss charts (and of the curves, when none is running or stopped), or the charts. */
 function renderNoSuccess(search, message) {
   const notice = document.getElementById("no-success");
   notice.hidden = message == null;
   notice.textContent = message || "";
   for (const chart of LOSS_CHARTS) card(chart).hidden = message != null;
-  card("curves").hidden = message != null && search.trials.running === 0;
+  card("curves").hidden = message != null && search.trials.running === 0 && search.trials.stopped === 0;
 }
 
 function card(chart) {
@@ -213,6 +214,12 @@ function purpose(t) {
   return t.kind === "reevaluation" ? `${t.stage} · fresh seed` : (t.stage ?? "");
 }
 
+/** A stopped trial has no final loss: where it stopped stands in the loss column (and its reason, in the error
+ * column, is shown as a note, not as an error). */
+function stoppedAt(t) {
+  return el("span", { class: "muted", title: "stopped early: no final loss" }, `stopped at step ${t.steps_trained}`);
+}
+
 function trialRow(t) {
   const candidate = `g${t.generation}.${t.index}${t.replicate ? ` r${t.replicate}` : ""}`;
   const error = t.error
@@ -225,11 +232,11 @@ function trialRow(t) {
     el("td", {}, candidate),
     el("td", {}, purpose(t)),
     el("td", {}, statusBadge(t.status)),
-    el("td", { class: "num" }, formatLoss(t.loss)),
+    el("td", { class: "num" }, t.status === "stopped" ? stoppedAt(t) : formatLoss(t.loss)),
     el("td", { class: "num" }, String(t.seed)),
     el("td", { title: t.node }, t.node ? t.node.slice(0, 12) : ""),
     el("td", { class: "num" }, t.wall_time_s == null ? "" : t.wall_time_s.toFixed(1)),
-    el("td", { class: "error-cell" }, error),
+    el("td", { class: t.status === "stopped" ? "error-cell note" : "error-cell" }, error),
   );
 }
 
