@@ -136,6 +136,12 @@ class OptimizerSection(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     replicates: int = Field(1, gt=0, le=16, description="Training seeds per candidate; its loss is their mean.")
     sigma: float = Field(1.0, gt=0, le=10, description="Initial step size in octaves (log2 units).")
+    asynchronous: bool = Field(
+        False,
+        description="Ask the next generation as soon as a worker is free and the last one has nothing left to "
+        "dispatch, so that no worker waits for the last one's slowest trial; its candidates are drawn before the "
+        "last generation is told (as every asynchronous evolution strategy does).",
+    )
 
     @model_validator(mode="after")
     def _population_fits_the_optimizer(self) -> OptimizerSection:

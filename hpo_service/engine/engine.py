@@ -217,15 +217,21 @@ class Engine:
         """End the runner's generation if it can have ended, then fill its free slots."""
         runner = self.runners[search_id]
         try:
-            if self._in_flight(search_id) == 0:  # a trial in flight belongs to the current generation
+            # with one generation untold, a trial in flight is of it; with two, the older may have ended
+            if self._in_flight(search_id) == 0 or runner.policy.outstanding > 1:
                 with transaction(self.sessions) as session:
                     runner.advance(session)
                 if runner.finished:
                     self.runners.pop(search_id)
                     return
             free = runner.spec.execution.parallel - self._in_flight(search_id)
-            if search_id in self.paused or free <= 0 or not runner.may_have_pending:
+            if search_id in self.paused or free <= 0:
                 return
+            if not runner.may_have_pending:  # a worker is free and nothing is left to dispatch: ask ahead?
+                if not runner.policy.can_ask_ahead:
+                    return
+                with transaction(self.sessions) as session:
+                    runner.ask_ahead(session)
             with transaction(self.sessions) as session:
                 dispatches = runner.pending(session, free)
             execution = runner.spec.execution

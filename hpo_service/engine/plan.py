@@ -74,7 +74,8 @@ class SearchPlan:
         self.policy = self._stage_policy()
         self.found: list[tuple[int, int, list[float], Multipliers, float]] = []  # this stage's ranked candidates
         self.choices: list[Choice] = []
-        self.phase: Phase | None = None
+        self.phase: Phase | None = None  # the phase last asked
+        self.untold: dict[int, Phase] = {}  # phases asked and not told yet, by generation
         self.generation = -1  # the phase last asked (each phase is one generation in the store)
         self.told_generations = 0
         self._pending_kind = TrialKind.SEARCH  # of the next phase
@@ -88,8 +89,27 @@ class SearchPlan:
 
     @property
     def trials_per_generation(self) -> int:
-        assert self.phase is not None
-        return sum(len(c.seeds) for c in self.phase.candidates)
+        """The trials of the oldest phase not told yet: the next to tell."""
+        return sum(len(c.seeds) for c in self.untold[self.told_generations].candidates)
+
+    @property
+    def outstanding(self) -> int:
+        """Phases asked and not told yet: 1, or 2 while a stage's asynchronous optimizer has asked ahead."""
+        return len(self.untold)
+
+    @property
+    def can_ask_ahead(self) -> bool:
+        """Whether the next generation may be asked before the last one is told: within a stage's search, when
+        its optimizer is asynchronous and has a generation left."""
+        phase = self.phase
+        return self.outstanding == 1 and phase is not None and phase.kind == TrialKind.SEARCH and self.policy.can_ask
+
+    def __setstate__(self, state: dict) -> None:
+        """A plan pickled before asynchronous generations: its one untold phase."""
+        if "untold" not in state:
+            untold = state["told_generations"] <= state["generation"]
+            state["untold"] = {state["generation"]: state["phase"]} if untold else {}
+        self.__dict__.update(state)
 
     @property
     def stage_name(self) -> str:
@@ -97,7 +117,7 @@ class SearchPlan:
 
     def ask(self) -> Phase:
         """The next phase's candidates; the phase is persisted as generation ``self.generation``."""
-        if self.done or self.told_generations <= self.generation:
+        if self.done or (self.outstanding and not self.can_ask_ahead):
             raise PolicyError(f"generation {self.generation} is asked but not told, or the search is over")
         if self._pending_kind == TrialKind.SEARCH:
             self.phase = self._search_phase()
@@ -106,11 +126,12 @@ class SearchPlan:
         else:
             self.phase = self._validation_phase()
         self.generation += 1
+        self.untold[self.generation] = self.phase
         return self.phase
 
     def tell(self, outcomes: Sequence[Sequence[Outcome]]) -> Told:
-        """End the current phase: ``outcomes[i]`` are candidate i's runs, one per seed, all final."""
-        phase = self.phase
+        """End the oldest phase not told yet: ``outcomes[i]`` are candidate i's runs, one per seed, all final."""
+        phase = self.untold.get(self.told_generations)
         if phase is None or len(outcomes) != len(phase.candidates):
             raise PolicyError("the outcomes do not match the phase asked")
         if any(len(o) != len(c.seeds) for o, c in zip(outcomes, phase.candidates, strict=True)):
@@ -120,7 +141,7 @@ class SearchPlan:
             for index, (candidate, runs) in enumerate(zip(phase.candidates, outcomes, strict=True)):
                 loss = mean_loss(runs)
                 if loss is not None:
-                    self.found.append((self.generation, index, candidate.vector, candidate.multipliers, loss))
+                    self.found.append((self.told_generations, index, candidate.vector, candidate.multipliers, loss))
             if self.policy.finished:
                 self._stage_searched()
         else:
@@ -129,6 +150,7 @@ class SearchPlan:
                 self._choose(phase, outcomes)
             else:
                 self.done = True
+        del self.untold[self.told_generations]
         self.told_generations += 1
         return told
 

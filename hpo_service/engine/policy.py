@@ -67,7 +67,8 @@ class GenerationalPolicy:
         self.population, self.generations, self.replicates = population, generations, replicates
         self.vocab_size = vocab_size
         self.generation = -1  # the generation last asked
-        self.candidates: list = []  # its candidates, as Nevergrad parameters, in ask order
+        self.asked: dict[int, list] = {}  # generations asked and not told yet -> candidates (Nevergrad parameters)
+        self.lookahead = 0  # generations that may be asked before the one before them is told
         self.told_generations = 0
         self.worst_loss: float | None = None  # the highest finite loss of any trial told so far
 
@@ -80,7 +81,7 @@ class GenerationalPolicy:
     def for_stage(
         cls, space: SearchSpace, optimizer: OptimizerSection, depth: int, vocab_size: int
     ) -> GenerationalPolicy:
-        return cls(
+        policy = cls(
             optimizer.name,
             build_stage_optimizer(space, optimizer, depth),
             population=optimizer.population,
@@ -88,6 +89,16 @@ class GenerationalPolicy:
             replicates=optimizer.replicates,
             vocab_size=vocab_size,
         )
+        policy.lookahead = 1 if optimizer.asynchronous else 0
+        return policy
+
+    def __setstate__(self, state: dict) -> None:
+        """A policy pickled before asynchronous generations: its one untold generation's candidates."""
+        if "candidates" in state:
+            candidates = state.pop("candidates")
+            untold = state["told_generations"] <= state["generation"]
+            state |= {"asked": {state["generation"]: candidates} if untold else {}, "lookahead": 0}
+        self.__dict__.update(state)
 
     @property
     def trials_per_generation(self) -> int:
@@ -98,22 +109,29 @@ class GenerationalPolicy:
         """True once the last generation has been told."""
         return self.told_generations >= self.generations
 
+    @property
+    def can_ask(self) -> bool:
+        """Whether a generation is left to ask and at most ``lookahead`` are waiting for their tells."""
+        return self.generation + 1 < self.generations and len(self.asked) <= self.lookahead
+
     def ask(self) -> list[list[float]]:
         """The next generation's candidates, as vectors of log2 multipliers."""
-        if self.told_generations <= self.generation or self.finished:
+        if not self.can_ask:
             raise PolicyError(f"generation {self.generation} is asked but not told, or the search is over")
-        self.candidates = [self.optimizer.ask() for _ in range(self.population)]
         self.generation += 1
-        return [[float(v) for v in candidate.value] for candidate in self.candidates]
+        self.asked[self.generation] = candidates = [self.optimizer.ask() for _ in range(self.population)]
+        return [[float(v) for v in candidate.value] for candidate in candidates]
 
     def tell(self, outcomes: Sequence[Sequence[Outcome]]) -> Told:
-        """End the current generation: ``outcomes[i]`` are candidate i's replicates, all of them final."""
-        if len(outcomes) != len(self.candidates) or any(len(o) != self.replicates for o in outcomes):
+        """End the oldest generation not told yet: ``outcomes[i]`` are candidate i's replicates, all final."""
+        candidates = self.asked.get(self.told_generations, [])
+        if len(outcomes) != len(candidates) or any(len(o) != self.replicates for o in outcomes):
             raise PolicyError(f"expected {self.population} candidates × {self.replicates} replicates of outcomes")
         finite = [o.loss for replicates in outcomes for o in replicates if o.status == TrialStatus.SUCCEEDED]
         self.worst_loss = max([*finite, *([] if self.worst_loss is None else [self.worst_loss])], default=None)
         values = []
-        for candidate, replicates in zip(self.candidates, outcomes, strict=True):
+        del self.asked[self.told_generations]
+        for candidate, replicates in zip(candidates, outcomes, strict=True):
             if all(o.status in TOLD_A_LOSS and o.loss is not None for o in replicates):
                 value = statistics.fmean(o.loss for o in replicates)
             else:

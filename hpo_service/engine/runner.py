@@ -70,8 +70,9 @@ class SearchRunner:
         return runner
 
     def pending(self, session: Session, limit: int) -> list[Dispatch]:
-        """Up to ``limit`` pending trials of the current generation, marked running (the caller submits them)."""
-        rows = writes.claim_pending(session, self.search_id, self.policy.generation, limit)
+        """Up to ``limit`` pending trials of the generations not told yet, oldest first, marked running (the
+        caller submits them)."""
+        rows = writes.claim_pending(session, self.search_id, self.policy.told_generations, limit)
         self.may_have_pending = len(rows) == limit
         return [Dispatch(row.id, self.search_id, self._payload(row)) for row in rows]
 
@@ -106,10 +107,19 @@ class SearchRunner:
                     stop.append(trial_id)
         return stop
 
+    def ask_ahead(self, session: Session) -> bool:
+        """Ask the next generation before the last one is told, if the stage's optimizer is asynchronous and
+        one is left (the engine calls this when a worker is free and nothing is pending)."""
+        if not self.policy.can_ask_ahead:
+            return False
+        self._ask(session)
+        return True
+
     def advance(self, session: Session) -> bool:
-        """If the current generation is complete: tell it, then fail the search if its trials all failed (see
-        the module's docstring), else ask the next generation or complete the search."""
-        generation = self.policy.generation
+        """If the oldest generation not told yet is complete: tell it, then fail the search if its trials all
+        failed (see the module's docstring), else ask the next generation (unless it was asked ahead) or
+        complete the search. The plan's snapshot is written with the tell."""
+        generation = self.policy.told_generations
         if queries.ended_trials(session, self.search_id, generation) < self.policy.trials_per_generation:
             return False
         rows = queries.generation_trials(session, self.search_id, generation)
@@ -127,12 +137,13 @@ class SearchRunner:
             stopped=told.stopped,
         )
         writes.end_generation(session, self.search_id, generation, summary)
+        writes.save_snapshot(session, self.search_id, self.policy.dumps())
         failure = self._failure(session, rows)
         if failure is not None:
             writes.fail_search(session, self.search_id, failure)
         elif self.policy.finished:
             writes.complete_search(session, self.search_id)
-        else:
+        elif not self.policy.outstanding:
             self._ask(session)
         self.finished = failure is not None or self.policy.finished
         return True
@@ -152,7 +163,7 @@ class SearchRunner:
         if all(row.status == TrialStatus.FAILED for row in generation):
             errors = Counter(_outcome(row.status, row.error) for row in generation)
             error, trials = errors.most_common(1)[0]
-            number, total = self.policy.generation, len(generation)
+            number, total = generation[0].generation, len(generation)
             return f"all {total} trials of generation {number} failed: {error} ({trials} of {total})"
         if not self.policy.finished:
             return None

@@ -175,6 +175,13 @@ def add_generation(
         session.execute(update(OptimizerState).where(OptimizerState.search_id == search_id).values(**values))
 
 
+def save_snapshot(session: Session, search_id: int, snapshot: bytes) -> None:
+    """The plan's snapshot taken right after a tell (an ask writes its own with its generation)."""
+    session.execute(
+        update(OptimizerState).where(OptimizerState.search_id == search_id).values(state=snapshot, updated_at=utcnow())
+    )
+
+
 def end_generation(session: Session, search_id: int, number: int, summary: GenerationSummary) -> None:
     session.execute(
         update(Generation)
@@ -186,12 +193,13 @@ def end_generation(session: Session, search_id: int, number: int, summary: Gener
 # -- trials ---------------------------------------------------------------------------------------------------------
 
 
-def claim_pending(session: Session, search_id: int, generation: int, limit: int) -> list[Trial]:
-    """Up to ``limit`` pending trials of a generation, in ask order, marked running (an attempt begins)."""
+def claim_pending(session: Session, search_id: int, from_generation: int, limit: int) -> list[Trial]:
+    """Up to ``limit`` pending trials of generation ``from_generation`` and later, in ask order, marked running
+    (an attempt begins)."""
     rows = session.scalars(
         select(Trial)
-        .where(Trial.search_id == search_id, Trial.generation == generation, Trial.status == TrialStatus.PENDING)
-        .order_by(Trial.index, Trial.replicate)
+        .where(Trial.search_id == search_id, Trial.generation >= from_generation, Trial.status == TrialStatus.PENDING)
+        .order_by(Trial.generation, Trial.index, Trial.replicate)
         .limit(limit)
     ).all()
     now = utcnow()
