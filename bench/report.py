@@ -747,31 +747,6 @@ def per_module_gaps() -> str:
     return "; ".join(gaps) or "none measured yet"
 
 
-@part("duration_exponent", "duration_exponent.json")
-def duration_exponent_table() -> str:
-    """Rows: the token multiplier; columns: each exponent's final loss (mean ± sd over the seeds), the lowest
-    in bold."""
-    data = results("duration_exponent.json")
-    exponents = data["settings"]["exponents"]
-    rows = []
-    for multiplier in data["settings"]["tokens_multipliers"]:
-        cells = [data["summary"][f"{multiplier}x e={e}"] for e in exponents]
-        best = min(c["mean"] for c in cells if c["mean"] is not None)
-        rows.append([f"{multiplier}× tokens"] + [bold(loss_cell(c), c["mean"] == best) for c in cells])
-    return table(["", *(f"exponent {e:g}" for e in exponents)], rows)
-
-
-@part("duration_exponent.best", "duration_exponent.json")
-def duration_exponent_best() -> str:
-    """The exponent with the lowest loss summed over the token multipliers."""
-    data = results("duration_exponent.json")
-    totals = {
-        e: sum(data["summary"][f"{m}x e={e}"]["mean"] for m in data["settings"]["tokens_multipliers"])
-        for e in data["settings"]["exponents"]
-    }
-    return f"{min(totals, key=totals.get):g}"
-
-
 # -- RELIABILITY.md: load ------------------------------------------------------------------------------------
 
 API_LOAD_RUNS = {  # results file: (load, store, command)
