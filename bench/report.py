@@ -747,6 +747,44 @@ def per_module_gaps() -> str:
     return "; ".join(gaps) or "none measured yet"
 
 
+@part("duration_exponent", "duration_exponent.json")
+def duration_exponent_table() -> str:
+    """Rows: the token multiplier; columns: each exponent's final loss (mean ± sd over the seeds), the lowest
+    in bold."""
+    data = results("duration_exponent.json")
+    exponents = data["settings"]["exponents"]
+    rows = []
+    for multiplier in data["settings"]["tokens_multipliers"]:
+        cells = [data["summary"][f"{multiplier}x e={e}"] for e in exponents]
+        best = min(c["mean"] for c in cells if c["mean"] is not None)
+        rows.append([f"{multiplier}× tokens"] + [bold(loss_cell(c), c["mean"] == best) for c in cells])
+    return table(["", *(f"exponent {e:g}" for e in exponents)], rows)
+
+
+@part("duration_exponent.best", "duration_exponent.json")
+def duration_exponent_best() -> str:
+    """The exponent with the lowest loss summed over the token multipliers."""
+    data = results("duration_exponent.json")
+    totals = {
+        e: sum(data["summary"][f"{m}x e={e}"]["mean"] for m in data["settings"]["tokens_multipliers"])
+        for e in data["settings"]["exponents"]
+    }
+    return f"{min(totals, key=totals.get):g}"
+
+
+@part("duration_exponent.paired", "duration_exponent.json")
+def duration_exponent_paired() -> str:
+    """Seed by seed (the same seeds in every arm): 0.3's final loss minus 0.5's, at each token multiplier."""
+    data = results("duration_exponent.json")
+    rows = []
+    for multiplier in data["settings"]["tokens_multipliers"]:
+        runs = {(r["exponent"], r["seed"]): r["loss"] for r in data["runs"] if r["tokens_multiplier"] == multiplier}
+        seeds = sorted({seed for _, seed in runs})
+        differences = ", ".join(num(runs[(0.3, seed)] - runs[(0.5, seed)], 3) for seed in seeds)
+        rows.append(f"{multiplier}× tokens: {differences}")
+    return "; ".join(rows)
+
+
 # -- RELIABILITY.md: load ------------------------------------------------------------------------------------
 
 API_LOAD_RUNS = {  # results file: (load, store, command)
