@@ -785,6 +785,69 @@ def duration_exponent_paired() -> str:
     return "; ".join(rows)
 
 
+SEARCH_COST_VARIANTS = {
+    "full": "every trial to its end",
+    "stopping": "successive halving",
+    "stopping+async": "successive halving + asynchronous generations",
+    "median": "median rule",
+}
+
+
+def cost_ratio(value: float) -> str:
+    return bold(f"{num(value)}×", value >= 1.5)
+
+
+def search_cost_table(part: str) -> str:
+    """Per variant: tokens and wall-clock (mean over seeds), the ratios to ``full`` seed by seed, the final
+    best (mean ± sd) and its difference to ``full`` ± its standard error, trials stopped, worker busy share."""
+    summary = results("search_cost.json")[part]["summary"]
+    rows = []
+    for variant, label in SEARCH_COST_VARIANTS.items():
+        entry = summary[variant]
+        versus = entry.get("vs_full")
+        tokens, wall, best = f"{num(entry['tokens']['mean'] / 1e6, 1)}M", "", loss_cell(entry["final_best"])
+        if versus:
+            tokens += f", {cost_ratio(versus['tokens_ratio'])} fewer"
+            wall = f"{cost_ratio(versus['wall_ratio'])} less"
+            best += f" ({num(versus['final_best_diff'], 3)} ± {num(versus['final_best_diff_se'], 3)})"
+        rows.append(
+            [
+                f"{label} (`{variant}`)",
+                tokens,
+                wall or "(the baseline)",
+                best,
+                num(entry["stopped"]["mean"], 1),
+                num(entry["busy"]["mean"]),
+            ]
+        )
+    header = ["variant", "trained tokens", "wall-clock", "final best (vs full ± se)", "stopped", "workers busy"]
+    return table(header, rows)
+
+
+@part("search_cost.synthetic", "search_cost.json")
+def search_cost_synthetic() -> str:
+    return search_cost_table("synthetic")
+
+
+@part("search_cost.synthetic_setup", "search_cost.json")
+def search_cost_synthetic_setup() -> str:
+    s = results("search_cost.json")["synthetic"]["settings"]
+    return (
+        f"{s['seeds']} seeds, {s['population']} candidates × {s['generations']} generations of `{s['optimizer']}` "
+        f"on {s['parallel']} simulated workers, {s['steps']} steps evaluated every {s['eval_every']}, "
+        f"the top {s['top']} re-trained on fresh seeds"
+    )
+
+
+@part("search_cost.told", "search_cost.json")
+def search_cost_told() -> str:
+    """Spearman correlation, per search over every trial told a loss (successive halving), of each choice of
+    what a stopped trial is told with the loss it would have reached."""
+    ranking = results("search_cost.json")["synthetic"]["told_value"]["correlation"]["stopping"]
+    per_search = ranking["all_told_per_search"]
+    return ", ".join(f"{name} {num(per_search[name]['mean'], 3)}" for name in ("predicted", "raw", "penalty"))
+
+
 # -- RELIABILITY.md: load ------------------------------------------------------------------------------------
 
 API_LOAD_RUNS = {  # results file: (load, store, command)
