@@ -7,7 +7,6 @@ import pytest
 import ray
 
 import tests.trial_fns as trial_fns
-from hpo_service.engine.commands import Commands
 from hpo_service.engine.plan import SearchPlan
 from hpo_service.engine.policy import Outcome, PolicyError
 from hpo_service.spec import SearchSpec
@@ -15,8 +14,8 @@ from hpo_service.statuses import TrialStatus
 from hpo_service.store import queries
 from hpo_service.store.database import open_database, session_factory
 from tests.controller import Controller
-from tests.test_early_stopping import STEPS
-from tests.test_engine import EXECUTORS, engine_on, finished, run_until, trials_of
+from tests.test_early_stopping import STEPS, run_curve_search
+from tests.test_engine import trials_of
 
 ray.cloudpickle.register_pickle_by_value(trial_fns)  # Ray workers cannot import the tests package
 
@@ -73,14 +72,9 @@ def told_once(sessions, search_id: int) -> list[float]:
 
 @pytest.mark.usefixtures("local_ray")
 def test_free_workers_train_the_next_generation_while_the_last_one_finishes(sessions):
-    search = Commands(sessions).create(SearchSpec.model_validate(SPEC))
-    try:
-        run_until(engine_on(sessions, trial_fns.curve), sessions, search.id, finished)
-    finally:
-        while EXECUTORS:
-            EXECUTORS.pop().close()
+    search_id = run_curve_search(sessions, SearchSpec.model_validate(SPEC))
 
-    trials = trials_of(sessions, search.id)
+    trials = trials_of(sessions, search_id)
     assert sorted((t.generation, t.index) for t in trials) == [(g, i) for g in range(3) for i in range(4)]
     assert {t.status for t in trials} == {"succeeded", "stopped"}
     overlapped = [
@@ -91,7 +85,7 @@ def test_free_workers_train_the_next_generation_while_the_last_one_finishes(sess
     ]
     assert overlapped, "no generation started before the one before it had ended"
     # each candidate told once, its true final loss (a stopped one's prediction is exact on these linear curves)
-    assert told_once(sessions, search.id) == pytest.approx(sorted(trial_fns.bowl_loss(t.multipliers) for t in trials))
+    assert told_once(sessions, search_id) == pytest.approx(sorted(trial_fns.bowl_loss(t.multipliers) for t in trials))
 
 
 def test_a_controller_killed_while_a_generation_is_asked_ahead_tells_every_candidate_once(db_url, tmp_path):

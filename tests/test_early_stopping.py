@@ -150,6 +150,18 @@ def test_without_a_rule_every_trial_trains_to_its_end(sessions):
 
 # -- a controller killed while it stops trials ---------------------------------------------------------------------
 
+
+def run_curve_search(sessions, spec: SearchSpec) -> int:
+    """``spec`` run to its end by an engine in this process, every trial ``trial_fns.curve``; its search id."""
+    search = Commands(sessions).create(spec)
+    try:
+        run_until(engine_on(sessions, trial_fns.curve), sessions, search.id, finished)
+    finally:
+        while EXECUTORS:
+            EXECUTORS.pop().close()
+    return search.id
+
+
 FAULT_SPEC = {
     "name": "early-stopping-faults",
     "training": {"batch_size": 4, "steps": STEPS, "warmup_steps": 2, "eval_every": 4, "device": "cpu"},
@@ -166,13 +178,8 @@ def uninterrupted(local_ray, tmp_path_factory) -> dict[tuple[int, int], list[flo
     url = database_url(str(tmp_path_factory.mktemp("uninterrupted") / "hpo.db"))
     upgrade(url)
     sessions = session_factory(open_database(url))
-    search = Commands(sessions).create(SearchSpec.model_validate(FAULT_SPEC))
-    try:
-        run_until(engine_on(sessions, trial_fns.curve), sessions, search.id, finished)
-    finally:
-        while EXECUTORS:
-            EXECUTORS.pop().close()
-    return {(t.generation, t.index): t.vector for t in trials_of(sessions, search.id)}
+    search_id = run_curve_search(sessions, SearchSpec.model_validate(FAULT_SPEC))
+    return {(t.generation, t.index): t.vector for t in trials_of(sessions, search_id)}
 
 
 def test_a_controller_killed_while_stopping_trials_resumes_with_every_candidate_once(db_url, uninterrupted, tmp_path):
