@@ -6,6 +6,7 @@ import functools
 import math
 import time
 
+import numpy as np
 import pytest
 import ray
 from sqlalchemy import delete, select
@@ -78,12 +79,15 @@ def trials_of(sessions, search_id: int) -> list[Trial]:
 
 
 def told_in_first_generation(sessions, search_id: int) -> list[float]:
-    """What the optimizer was told for generation 0, sorted: read from Nevergrad's own archive in the policy
-    snapshot taken after that tell (when generation 1 was asked)."""
+    """What the optimizer was told for generation 0's candidates, sorted: read from Nevergrad's own archive in
+    the plan's last snapshot (written with every tell), each candidate looked up by its vector."""
     with sessions() as session:
         plan = SearchPlan.loads(queries.policy_snapshot(session, search_id))
-    assert plan.generation == 1
-    return sorted(value.mean for _, value in plan.policy.optimizer.archive.items_as_arrays())
+        vectors = {t.index: t.vector for t in queries.generation_trials(session, search_id, 0)}
+    optimizer = plan.policy.optimizer
+    space = optimizer.parametrization
+    keys = [space.spawn_child(new_value=np.asarray(v)).get_standardized_data(reference=space) for v in vectors.values()]
+    return sorted(optimizer.archive[key].mean for key in keys)
 
 
 def test_a_search_trains_every_candidate_of_every_generation_once(sessions):
