@@ -414,13 +414,17 @@ class SearchSpec(TrainConfig):
         return section if section is not None and section.rule != "none" else None
 
     def to_json(self) -> dict:
-        """The spec as stored, defaults filled in; the staged-search and early-stopping sections only where
-        given, so that a spec without them reads (and hashes) as it did before they existed; with stages, no
-        top-level search."""
+        """The spec as stored, defaults filled in; the staged-search and early-stopping sections and asynchronous
+        generations only where given, so that a spec without them reads (and hashes) as it did before they
+        existed; with stages, no top-level search."""
         unset = {name for name in STAGED_SECTIONS if getattr(self, name) is None}
         if self.stages is not None:  # each stage has its own
             unset |= {"search_space", "optimizer"}
-        return self.model_dump(mode="json", exclude=unset)
+        stored = self.model_dump(mode="json", exclude=unset)
+        for optimizer in [stored.get("optimizer"), *(stage["optimizer"] for stage in stored.get("stages") or [])]:
+            if optimizer is not None and not optimizer["asynchronous"]:
+                del optimizer["asynchronous"]  # absent reads as synchronous, as every spec before the option did
+        return stored
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of the spec (defaults filled in): the provenance of a result."""
