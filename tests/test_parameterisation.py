@@ -42,7 +42,7 @@ def all_factors(g: GroupScaling) -> tuple[float, ...]:
     ("alpha", "table", "residual"), [(1.0, COMPLETED_ALPHA_1, 1 / 2), (0.5, COMPLETED_ALPHA_HALF, R)]
 )
 def test_completed_matches_every_cell_of_the_table(alpha, table, residual):
-    scaling = Parameterisation("completed", alpha=alpha).scaling(BASE, TARGET)
+    scaling = Parameterisation("completed", alpha=alpha, duration_exponent=0.5).scaling(BASE, TARGET)  # the paper's
     assert set(scaling.groups) == set(SCALING_GROUPS)
     for group, expected in table.items():
         assert cells(scaling.groups[group]) == pytest.approx(expected, rel=1e-12), group
@@ -71,9 +71,9 @@ def test_lr_times_weight_decay_of_matrices_is_width_invariant(group):
     assert products == {1.0}
 
 
-def test_scaling_batch_and_tokens_together_changes_nothing():
+def test_scaling_batch_and_tokens_together_changes_nothing_at_the_papers_duration_exponent():
     target = Shape(BASE.width, BASE.depth, BASE.batch_size * 4, BASE.tokens * 4)
-    scaling = Parameterisation("completed").scaling(BASE, target)
+    scaling = Parameterisation("completed", duration_exponent=0.5).scaling(BASE, target)
     for group in scaling.groups.values():
         assert all_factors(group) == pytest.approx((1.0,) * 6)
     assert scaling.steps == 1.0
@@ -81,7 +81,7 @@ def test_scaling_batch_and_tokens_together_changes_nothing():
 
 def test_doubling_tokens_at_fixed_batch_follows_the_reference_consequences():
     target = Shape(BASE.width, BASE.depth, BASE.batch_size, BASE.tokens * 2)
-    g = Parameterisation("completed").scaling(BASE, target).groups["hidden_weight"]
+    g = Parameterisation("completed", duration_exponent=0.5).scaling(BASE, target).groups["hidden_weight"]
     assert g.lr == pytest.approx(2**-0.5)
     assert g.weight_decay == pytest.approx(2**-0.5)
     assert g.eps == pytest.approx(2**0.5)

@@ -8,6 +8,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
+from hpo_service.spec import SearchSpec
 from hpo_service.statuses import TrialStatus
 from hpo_service.store import queries
 from hpo_service.store.database import StoreError, database_url, open_database, transaction, upgrade
@@ -118,3 +119,15 @@ def test_best_loss_counts_only_trials_that_succeeded(sessions):
         assert total == 5 and [t.index for t in page] == [1, 2]
         _, by_loss = queries.trials_page(session, search.id, limit=5, offset=0, order="loss")
         assert [t.index for t in by_loss] == [3, 0, 1, 2, 4]  # unfinished and failed trials last
+
+
+def test_a_stored_spec_reads_as_it_meant_when_it_was_stored():
+    """Fields a stored spec predates mean what they meant then; a spec stored now keeps its own values."""
+    legacy = SearchSpec.model_validate({"name": "old"}).to_json()
+    for field in ("decay_norm_gains", "duration_exponent"):
+        del legacy["parameterisation"][field]
+    current = SearchSpec.model_validate({"name": "new"})
+    read = {"old": Search(spec_json=legacy).spec.parameterisation, "new": Search(spec_json=current.to_json()).spec}
+    assert (read["old"].duration_exponent, read["old"].decay_norm_gains) == (0.5, True)
+    assert read["new"].parameterisation.duration_exponent == 0.3
+    assert read["new"] == current

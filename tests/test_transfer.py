@@ -111,10 +111,12 @@ def test_the_base_section_reads_back_as_what_was_written():
         assert load_export(written).target_shape == TARGET
 
 
-def test_a_parameterisation_without_exponents_reads_with_the_training_configs_defaults():
+def test_a_parameterisation_without_exponents_reads_as_it_meant_when_written():
     export = export_for(TARGET)
     export["base"]["parameterisation"] = {"name": "completed", "decay_norm_gains": False}
+    # alpha's default never changed; the duration exponent was the paper's 1/2 before it was a choice
     assert load_export(export).tuned.parameterisation == Parameterisation("completed", 1.0, 0.5)
+    assert Parameterisation().duration_exponent == 0.3  # what a new spec or export without it gets
 
 
 def test_the_export_records_whether_norm_gains_are_decayed():

@@ -6,8 +6,8 @@ multipliers, each parsed by the same class a training config uses. Its ``target`
 for one target shape, for readers that only want the numbers, with a ``warnings`` line for every module
 type whose β the rules pushed out of [0, 1) and that was capped. ``export_document`` writes an export from
 plain values; ``load_export`` reads one back (``trainer.transfer.apply_export`` re-materialises it for any model).
-An export written before ``parameterisation.decay_norm_gains`` existed decayed its norm gains, so it reads as
-``true``.
+An export written before ``parameterisation.decay_norm_gains`` or ``duration_exponent`` existed reads as what it
+meant then: norm gains decayed, exponent 1/2.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ class TunedHPs(Section):
 
     @field_validator("parameterisation", mode="before")
     @classmethod
-    def _old_exports_decay_norm_gains(cls, parameterisation: object) -> object:
-        """A written parameterisation without ``decay_norm_gains`` predates it, when norm gains were decayed."""
-        if isinstance(parameterisation, Mapping) and "decay_norm_gains" not in parameterisation:
-            return {**parameterisation, "decay_norm_gains": True}
+    def _old_exports_mean_what_they_meant(cls, parameterisation: object) -> object:
+        """A written parameterisation without a field predates it (``Parameterisation.as_written``)."""
+        if isinstance(parameterisation, Mapping):
+            return Parameterisation.as_written(parameterisation)
         return parameterisation
 
     @field_validator("multipliers", mode="before")

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hpo_service.statuses import GenerationStatus, SearchStatus, TrialKind, TrialStatus
+from trainer.parameterisation import Parameterisation
 
 if TYPE_CHECKING:
     from hpo_service.spec import SearchSpec
@@ -63,9 +64,8 @@ class Search(Base):
         from hpo_service.spec import SearchSpec
 
         spec = self.spec_json
-        if "decay_norm_gains" not in spec.get("parameterisation", {}):  # stored before it was a choice: decayed
-            spec = {**spec, "parameterisation": {**spec.get("parameterisation", {}), "decay_norm_gains": True}}
-        return SearchSpec.model_validate(spec)
+        parameterisation = Parameterisation.as_written(spec.get("parameterisation", {}))
+        return SearchSpec.model_validate({**spec, "parameterisation": parameterisation})
 
 
 class Generation(Base):
