@@ -28,13 +28,15 @@ import math
 import statistics
 from collections.abc import Sequence
 
+import numpy as np
+
 from hpo_service.spec import EarlyStoppingSection
 
 
 def judged_steps(rule: EarlyStoppingSection, steps: int, eval_every: int) -> list[int]:
     """The evaluation steps at which a trial of ``steps`` steps, evaluated every ``eval_every``, is judged; never
     its last step (stopping there saves nothing)."""
-    evals = [s for s in range(eval_every, steps, eval_every)]  # the last step is evaluated too, but not judged
+    evals = list(range(eval_every, steps, eval_every))  # the last step is evaluated too, but not judged
     first = rule.min_fraction * steps
     if rule.rule == "median":
         return [s for s in evals if s >= first]
@@ -57,20 +59,11 @@ def should_stop(rule: EarlyStoppingSection, loss: float, others: Sequence[float]
     if not math.isfinite(loss) or len(others) < rule.min_trials:
         return False
     if rule.rule == "median":
-        return loss > percentile(others, rule.percentile)
+        return loss > float(np.percentile(others, rule.percentile))
     if rule.rule == "successive_halving":
         keep = max(1, (len(others) + 1) // rule.reduction_factor)
         return sum(1 for other in others if other < loss) >= keep
     return False
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile of ``values``, linearly interpolated (NumPy's default)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def predicted_final(loss_at_stop: float, drops: Sequence[float]) -> float:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 import tests.trial_fns as trial_fns
 from hpo_service.api.app import create_app
-from hpo_service.early_stopping import judged_steps, percentile, predicted_final, should_stop
+from hpo_service.early_stopping import judged_steps, predicted_final, should_stop
 from hpo_service.engine.commands import Commands
 from hpo_service.spec import EarlyStoppingSection, SearchSpec
 from hpo_service.store.database import database_url, open_database, session_factory, upgrade
@@ -55,9 +55,12 @@ def test_successive_halving_keeps_the_best_third_of_those_at_the_rung_itself_inc
     assert should_stop(HALVING, 2.5, others)
 
 
-def test_a_percentile_interpolates_as_numpy_does():
-    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
-    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 25) == 2.0
+def test_the_percentile_rule_interpolates_between_the_others_losses():
+    quartile = MEDIAN.model_copy(update={"percentile": 25.0})
+    others = [5.0, 1.0, 4.0, 2.0, 3.0]  # the 25th percentile: 2.0
+    assert should_stop(quartile, 2.1, others) and not should_stop(quartile, 1.9, others)
+    four = [4.0, 1.0, 3.0, 2.0]  # the median: 2.5
+    assert should_stop(MEDIAN, 2.6, four) and not should_stop(MEDIAN, 2.4, four)
 
 
 def test_a_stopped_trial_is_predicted_to_fall_by_the_median_drop_of_those_that_finished():
