@@ -3,7 +3,8 @@
 The result is the last stage's fresh-seed choice once its top candidates were re-trained (``selection``), else
 the best search-time candidate so far. Its export's ``loss`` is then the fresh-seed mean ± sd, and the export
 carries the selection (per stage: the gap between search-time and fresh losses) and, once the transfer check
-ran, its ``validation`` report and the arm the evidence supports.
+ran, its ``validation`` report and the arm the evidence supports. Every export carries the proxy's training
+recipe (schedule, clipping, z-loss, data) beside its HPs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hpo_service.statuses import TrialKind
 from hpo_service.store import queries
 from hpo_service.store.models import Search, Trial
 from hpo_service.validation import recommendation, validation_report
-from trainer.export import TunedHPs, export_document, load_export
+from trainer.export import Recipe, TunedHPs, export_document, load_export
 from trainer.hparams import Multipliers
 from trainer.parameterisation import Shape
 
@@ -58,7 +59,10 @@ def build_export(session: Session, search: Search, target: Shape | None = None) 
         "measured_on": "fresh seeds" if trials[0].origin else "search seeds",
     }
     losses = [t.loss for t in trials]
-    document = export_document(tuned, target or config.base_shape(), losses=losses, provenance=provenance)
+    recipe = Recipe.of(config.training)
+    document = export_document(
+        tuned, target or config.base_shape(), recipe=recipe, losses=losses, provenance=provenance
+    )
     selection = selection_report(session, search)
     if selection:
         document["selection"] = [_without_runs(stage) for stage in selection]

@@ -105,6 +105,61 @@ def test_token_files_are_memory_mapped(tmp_path, dtype, suffix):
     assert torch.equal(y, x + 1)
 
 
+def nanogpt_folder(path: Path, train: np.ndarray, val: np.ndarray) -> Path:
+    """A folder as nanoGPT's prepare.py leaves it: train.bin and val.bin of uint16 token ids."""
+    path.mkdir(exist_ok=True)
+    train.astype(np.uint16).tofile(path / "train.bin")
+    val.astype(np.uint16).tofile(path / "val.bin")
+    return path
+
+
+def test_a_tokens_folder_trains_on_its_train_bin_and_validates_on_its_val_bin(tmp_path):
+    folder = nanogpt_folder(tmp_path / "owt", np.arange(4000), np.arange(4000, 5000))
+    corpus = load_corpus(f"tokens:{folder}", vocab_size=5000, val_fraction=0.5)  # val_fraction plays no part
+    assert isinstance(corpus.train, np.memmap) and isinstance(corpus.val, np.memmap)
+    assert np.array_equal(corpus.train, np.arange(4000)) and np.array_equal(corpus.val, np.arange(4000, 5000))
+    assert corpus.vocab_size == 5000
+    assert load_corpus(f"tokens:{folder}:uint16", vocab_size=5000).fingerprint == corpus.fingerprint
+    x, y = sample_batch(corpus.train, 4, 16, seed=0, step=0)
+    assert int(x.max()) < 4000 and torch.equal(y, x + 1)
+    check(f"tokens:{folder}", vocab_size=5000, seq_len=998)  # val.bin's 1,000 tokens hold one sequence of 998
+
+    nanogpt_folder(folder, np.arange(4000), np.arange(3000, 4000))
+    assert load_corpus(f"tokens:{folder}", vocab_size=5000).fingerprint != corpus.fingerprint  # val.bin counts
+    val = np.arange(3000, 4000)  # a trial evaluates on val.bin
+    assert len([window_starts(x, y, val) for x, y in eval_set_of_a_trial(f"tokens:{folder}", seed=0)]) == 3
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "message"),
+    [
+        (np.zeros(100), None, "holds no val.bin"),
+        (np.zeros(100), b"\x00\x00\x01", "has a val.bin that is not a whole number of uint16 values"),
+        (np.zeros(100), np.zeros(9), r"has a val.bin that holds 9 tokens, and must hold more than seq_len \+ 1 = 9"),
+        (np.zeros(100), np.r_[np.zeros(20), [300]], r"has a val.bin that holds token id 300 \(at index 20\)"),
+        (b"", np.zeros(100), "has a train.bin that is empty"),
+        (np.zeros(5), np.zeros(100), "has a train.bin that holds 5 tokens"),
+    ],
+)
+def test_a_tokens_folder_is_checked_file_by_file_and_an_error_names_the_file(tmp_path, train, val, message):
+    for name, content in (("train.bin", train), ("val.bin", val)):
+        if isinstance(content, np.ndarray):
+            content.astype(np.uint16).tofile(tmp_path / name)
+        elif content is not None:
+            _write(tmp_path / name, content)
+    with pytest.raises(DataError, match=message):
+        check(f"tokens:{tmp_path}", seq_len=8)
+
+
+def test_a_trial_on_a_tokens_folder_with_a_bad_val_bin_fails_naming_it(tmp_path):
+    folder = nanogpt_folder(tmp_path / "owt", np.arange(1000) % 256, np.r_[np.zeros(100), [300]])
+    with pytest.raises(DataError, match="beyond vocab_size 256"):
+        load_corpus(f"tokens:{folder}")
+    (folder / "val.bin").unlink()
+    with pytest.raises(DataError, match=r"token file '.*/owt/val.bin' does not exist"):
+        load_corpus(f"tokens:{folder}")
+
+
 @pytest.mark.parametrize(
     ("make_source", "message"),
     [

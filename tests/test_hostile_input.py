@@ -203,7 +203,34 @@ def write_tokens(path: Path, ids: np.ndarray) -> None:
 # (case, what to create under the data root, the spec's data and model, what the message says)
 BAD_DATA = [
     ("missing", {}, "text:missing.txt", {}, "text:missing.txt does not exist"),
-    ("a directory as tokens", {"folder/": None}, "tokens:folder", {}, "tokens:folder is not a regular file"),
+    (
+        "a folder of tokens without nanoGPT's files",
+        {"folder/": None},
+        "tokens:folder",
+        {},
+        "tokens:folder holds no train.bin (a tokens: folder holds nanoGPT's train.bin and val.bin)",
+    ),
+    (
+        "a nanoGPT folder without val.bin",
+        {"owt/": None, "owt/train.bin": np.zeros(5000)},
+        "tokens:owt",
+        {},
+        "tokens:owt holds no val.bin",
+    ),
+    (
+        "a nanoGPT folder whose val.bin holds token ids beyond the vocabulary",
+        {"owt/": None, "owt/train.bin": np.zeros(5000), "owt/val.bin": np.r_[np.zeros(100), [300]]},
+        "tokens:owt",
+        {},
+        "tokens:owt has a val.bin that holds token id 300 (at index 100), beyond vocab_size 256",
+    ),
+    (
+        "a nanoGPT folder whose val.bin is too short for a sequence",
+        {"owt/": None, "owt/train.bin": np.zeros(5000), "owt/val.bin": np.zeros(33)},
+        "tokens:owt",
+        {},
+        "tokens:owt has a val.bin that holds 33 tokens, and must hold more than seq_len + 1 = 33",
+    ),
     ("empty", {"empty.txt": b""}, "text:empty.txt", {}, "text:empty.txt is empty"),
     ("an empty folder", {"nothing/": None}, "text:nothing", {}, "text:nothing is empty"),
     ("too short for a sequence", {"short.txt": b"x" * 500}, "text:short.txt", {}, "is too short"),
@@ -264,13 +291,36 @@ def test_a_text_folder_may_not_lead_outside_the_data_roots_by_a_symlink(rooted, 
     assert "b.txt, which leads outside the data roots" in error["msg"]
 
 
-def test_good_data_is_admitted_by_its_path_relative_to_the_data_root(rooted):
+@pytest.mark.parametrize(
+    ("files", "data", "stored"),
+    [
+        ({"ids.bin": np.arange(20_000) % 256}, "tokens:ids.bin", "tokens:{root}/ids.bin"),
+        (  # nanoGPT's layout: val.bin need not be val_fraction of the tokens
+            {"owt/": None, "owt/train.bin": np.arange(20_000) % 256, "owt/val.bin": np.arange(34) % 256},
+            "tokens:owt:uint16",
+            "tokens:{root}/owt:uint16",
+        ),
+    ],
+    ids=["a token file", "a nanoGPT folder"],
+)
+def test_good_data_is_admitted_by_its_path_relative_to_the_data_root(rooted, files, data, stored):
     client, root = rooted
-    write_tokens(root / "ids.bin", np.arange(20_000) % 256)
-    response = client.post("/api/searches", json={**TINY, "training": {"data": "tokens:ids.bin"}})
+    make_data(root, files)
+    response = client.post("/api/searches", json={**TINY, "training": {"data": data}})
     assert response.status_code == 201, response.text
     with settings_of(client.app).sessions() as session:
-        assert session.get(Search, response.json()["id"]).spec.training.data == f"tokens:{root / 'ids.bin'}"
+        assert session.get(Search, response.json()["id"]).spec.training.data == stored.format(root=root)
+
+
+def test_a_nanogpt_folder_may_not_lead_outside_the_data_roots_by_a_symlink(rooted, tmp_path, caplog):
+    client, root = rooted
+    write_tokens(tmp_path / "secret.bin", np.zeros(5000))
+    (root / "owt").mkdir()
+    write_tokens(root / "owt" / "train.bin", np.zeros(5000))
+    (root / "owt" / "val.bin").symlink_to(tmp_path / "secret.bin")
+    spec = {**TINY, "training": {"data": "tokens:owt"}}
+    error = assert_refused(client, json.dumps(spec).encode(), JSON, ["body", "training", "data"], caplog)
+    assert "tokens:owt holds val.bin, which leads outside the data roots" in error["msg"]
 
 
 # -- staged searches: stages, validate targets and where the first stage starts ----------------------------------

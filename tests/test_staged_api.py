@@ -33,7 +33,7 @@ from hpo_service.store.database import database_url, open_database, session_fact
 from hpo_service.store.models import Search
 from tests.conftest import BACKENDS, POSTGRES, _admin
 from tests.controller import ROOT, Controller
-from trainer.export import TunedHPs, export_document
+from trainer.export import Recipe, TunedHPs, export_document
 
 
 def noisy_synthetic(payload: dict, report) -> dict:
@@ -431,7 +431,8 @@ def test_hpo_submit_starts_a_paper_sized_proxy_from_its_export_for_a_deeper_mode
     parsed = SearchSpec.model_validate(spec)
     config, tuned = parsed.train_config(), parsed.multipliers([0.5] * parsed.dimension())
     target = dataclasses.replace(config.base_shape(), depth=32)
-    export = export_document(TunedHPs.found_with(config, tuned), target, losses=[3.0], provenance={})
+    recipe = Recipe.of(config.training)
+    export = export_document(TunedHPs.found_with(config, tuned), target, recipe=recipe, losses=[3.0], provenance={})
     (tmp_path / "export.json").write_text(json.dumps(export))
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**spec, "start_from": {"export": "export.json"}}))
     code, _, err = hpo(capsys, "submit", str(tmp_path / "spec.yaml"), "--server", controller.url)

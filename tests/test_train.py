@@ -4,9 +4,13 @@ import itertools
 import math
 
 import pytest
+import torch
 
-from trainer import Multipliers, TrainConfig, run_trial
-from trainer.train import lr_factor
+from trainer import GPT, Multipliers, TrainConfig, run_trial
+from trainer.export import Recipe, TunedHPs, export_document, load_export
+from trainer.schedule import Schedule
+from trainer.train import _Run
+from trainer.transfer import apply_export
 
 
 def tiny(**training) -> TrainConfig:
@@ -65,11 +69,58 @@ def test_z_loss_and_gradient_clipping_train_normally():
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_floor():
-    factors = [lr_factor(s, steps=100, warmup=10, floor=0.1) for s in range(100)]
+    schedule = Schedule(steps=100, warmup_steps=10, lr_floor=0.1)
+    factors = [schedule.lr_factor(s) for s in range(100)]
     assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert factors[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+    assert schedule.lr_factor(100) == schedule.lr_factor(145) == pytest.approx(0.1)  # the floor, past the end
+    assert schedule.lr_at(55, 0.02) == 0.02 * factors[55]
+    with pytest.raises(ValueError, match="step must be 0 or more"):
+        schedule.lr_factor(-1)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        Schedule(steps=10, warmup_steps=11)
+
+
+def test_a_stretched_schedule_keeps_its_warm_up_fraction_and_floor():
+    schedule = Schedule(steps=60, warmup_steps=6, lr_floor=0.2)
+    assert schedule.stretched(600) == Schedule(steps=600, warmup_steps=60, lr_floor=0.2)
+    assert schedule.stretched(5) == Schedule(steps=5, warmup_steps=1, lr_floor=0.2)  # a warm-up keeps a step
+    assert Schedule(steps=60).stretched(600).warmup_steps == 0
+
+
+def test_the_exports_schedule_gives_exactly_the_lrs_the_training_loop_applies():
+    """The export of a real run offers its schedule; with the export's peak LRs it gives, step by step and group
+    by group, the LR the loop set in the optimiser, as does LambdaLR, the way the schedule module suggests."""
+    config = tiny(warmup_steps=3, lr_floor=0.2)
+    multipliers = Multipliers(module={"mlp_up": {"lr": 1.0}, "unembedding": {"lr": -0.5}})
+    run = _Run(config, multipliers, None)
+    applied: list[list[float]] = []
+    run.optimizer.register_step_pre_hook(lambda opt, args, kwargs: applied.append([g["lr"] for g in opt.param_groups]))
+    assert run.train().status == "succeeded"
+
+    document = export_document(
+        TunedHPs.found_with(config, multipliers),
+        config.shape(),
+        recipe=Recipe.of(config.training),
+        losses=[3.0],
+        provenance={},
+    )
+    schedule = load_export(document).schedule
+    assert schedule == Schedule(steps=20, warmup_steps=3, lr_floor=0.2)
+    optimizer = torch.optim.AdamW(apply_export(GPT(config.model), document))
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    assert len(applied) == 20 and len(peaks) == len(applied[0]) > 3
+    assert applied == [[schedule.lr_at(step, peak) for peak in peaks] for step in range(20)]
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
+    stepped = []
+    for _ in range(20):
+        stepped.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert stepped == applied
 
 
 @pytest.mark.parametrize(

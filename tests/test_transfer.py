@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from trainer import GPT, ModelConfig
-from trainer.export import EXPORT_FORMAT, EXPORT_SCHEMA, TunedHPs, export_document, load_export
+from trainer.export import EXPORT_FORMAT, EXPORT_SCHEMA, Recipe, TunedHPs, export_document, load_export
 from trainer.hparams import BaseHPs, Multipliers
 from trainer.parameterisation import Parameterisation, Shape
+from trainer.schedule import Schedule
 from trainer.transfer import apply_export
 
 BASE_SHAPE = Shape(width=64, depth=2, batch_size=16, tokens=61_440)
@@ -24,6 +25,13 @@ PARAMETERISATIONS = {
         "completed", alpha=0.5, duration_exponent=0.3, decay_norm_gains=True
     ),
 }
+RECIPE = Recipe(  # the proxy's: 60 steps (BASE_SHAPE's tokens in batches of 16 sequences of 64)
+    schedule=Schedule(steps=60, warmup_steps=6, lr_floor=0.2),
+    grad_clip=1.0,
+    z_loss=1e-4,
+    data="tokens:/data/openwebtext",
+    val_fraction=0.05,
+)
 PROVENANCE = {"search_id": 1, "search_name": "t", "spec_hash": "0" * 64, "generation": 0, "index": 0, "trial_ids": [1]}
 
 
@@ -39,7 +47,7 @@ def tuned(parameterisation: Parameterisation = PARAMETERISATIONS["the paper's"])
 
 
 def export_for(target: Shape, parameterisation: Parameterisation = PARAMETERISATIONS["the paper's"]) -> dict:
-    return export_document(tuned(parameterisation), target, losses=[2.9], provenance=PROVENANCE)
+    return export_document(tuned(parameterisation), target, recipe=RECIPE, losses=[2.9], provenance=PROVENANCE)
 
 
 def by_hand(module_type: str, target: Shape, p: Parameterisation) -> dict[str, float]:
@@ -102,6 +110,41 @@ def test_an_export_validates_against_the_shipped_schema():
     broken["target"]["groups"][0]["lr"] = -1.0
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+    broken = export_for(BASE_SHAPE)
+    broken["target"]["recipe"]["schedule"]["kind"] = "step"
+    with pytest.raises(jsonschema.ValidationError, match="'linear_warmup_cosine' was expected"):
+        jsonschema.validate(broken, schema)
+
+
+def test_the_export_carries_the_proxys_recipe_and_its_schedule_at_the_target():
+    """The target trains for the proxy's steps × m_D / m_B, warms up for the same fraction of them, and keeps
+    the proxy's floor, clip, z-loss and data."""
+    export = export_for(TARGET)
+    assert Recipe.model_validate(export["recipe"]) == RECIPE
+    steps = round(60 * tuned().materialise(TARGET).steps_multiplier)
+    assert steps == round(60 * (10_000_000 / 61_440) / (32 / 16)) == 4883
+    assert export["target"]["steps"] == steps
+    assert export["target"]["recipe"] == {
+        "schedule": {"kind": "linear_warmup_cosine", "steps": steps, "warmup_steps": 488, "lr_floor": 0.2},
+        "grad_clip": 1.0,
+        "z_loss": 1e-4,
+        "data": "tokens:/data/openwebtext",
+        "val_fraction": 0.05,
+    }
+    loaded = load_export(json.loads(json.dumps(export)))
+    assert loaded.recipe == RECIPE
+    assert loaded.schedule == Schedule(steps=steps, warmup_steps=488, lr_floor=0.2)
+    assert load_export(export_for(BASE_SHAPE)).schedule == RECIPE.schedule  # at the proxy's shape: its own
+
+
+def test_an_export_written_before_the_recipe_reads_without_one():
+    export = export_for(TARGET)
+    del export["recipe"], export["target"]["recipe"]
+    jsonschema.validate(export, json.loads(EXPORT_SCHEMA.read_text()))
+    loaded = load_export(export)
+    assert loaded.tuned == tuned() and loaded.recipe is None
+    with pytest.raises(ValueError, match="holds no recipe"):
+        loaded.schedule  # noqa: B018
 
 
 def test_the_base_section_reads_back_as_what_was_written():

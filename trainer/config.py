@@ -18,6 +18,7 @@ from trainer.data import DataError, DataSource
 from trainer.hparams import BaseHPs, MaterialisedHPs, Multipliers, materialise
 from trainer.model import MAX_DEPTH, MAX_WIDTH, ModelConfig
 from trainer.parameterisation import Parameterisation, ParameterisationName, Shape
+from trainer.schedule import Schedule
 
 # Hard bounds of a run's budget. With the model's, a run's token count (steps × batch_size × seq_len) stays
 # within int64, and its steps within a 32-bit count.
@@ -66,10 +67,15 @@ class TrainingSection(Section):
     data: str = Field(
         "builtin:python-stdlib",
         max_length=4096,
-        description="builtin:python-stdlib, text:PATH or tokens:PATH[:dtype] (a server resolves a relative "
-        "PATH against its data root).",
+        description="builtin:python-stdlib, text:PATH or tokens:PATH[:dtype], where a tokens: PATH may be a folder "
+        "holding nanoGPT's train.bin and val.bin (a server resolves a relative PATH against its data root).",
     )
-    val_fraction: float = Field(0.05, gt=0, lt=1, description="Share of a user corpus held out for validation.")
+    val_fraction: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Share of a user corpus held out for validation; a tokens: folder's val.bin is its own.",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$", description="auto, cpu, cuda or cuda:N.")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     z_loss: float = Field(0.0, ge=0, description="Coefficient of the z-loss (log-partition squared).")
@@ -91,6 +97,11 @@ class TrainingSection(Section):
         except DataError as exc:
             raise ValueError(str(exc)) from None
         return data
+
+    @property
+    def schedule(self) -> Schedule:
+        """The LR schedule these steps train with."""
+        return Schedule(steps=self.steps, warmup_steps=self.warmup_steps, lr_floor=self.lr_floor)
 
     @property
     def eval_interval(self) -> int:

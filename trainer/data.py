@@ -5,9 +5,12 @@ Sources, named by a string so that a search spec can carry them:
 - ``builtin:python-stdlib``: the bytes of the running Python's standard-library ``.py`` files (vocab 256),
   in sorted path order; every 20th file is validation. Present on every machine, no download.
 - ``text:PATH``: the bytes of a text file, or of every file under a directory in sorted order (vocab 256).
-- ``tokens:PATH[:uint16|uint32]``: a flat binary file of token ids, memory-mapped (default uint16).
+- ``tokens:PATH[:uint16|uint32]``: flat binary token ids, memory-mapped (default uint16). PATH is a file, or a
+  folder holding ``train.bin`` and ``val.bin``, the two files nanoGPT's ``prepare.py`` scripts write (uint16):
+  ``tokens:data/openwebtext`` trains on ``data/openwebtext/train.bin`` and validates on its ``val.bin``.
 
-User corpora hold out their last ``val_fraction`` of tokens for validation.
+A single file or text corpus holds out its last ``val_fraction`` of tokens for validation; a ``tokens:`` folder's
+``val.bin`` is its validation split, so ``val_fraction`` does not apply to it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 BUILTIN_STDLIB = "builtin:python-stdlib"
 TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+TOKEN_SPLITS = ("train.bin", "val.bin")  # a tokens: folder's files, as nanoGPT names them
 _STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
 _STDLIB_VAL_EVERY = 20
 EVAL_SEED = 2**31 - 1
@@ -50,6 +54,8 @@ def load_corpus(source: str, *, vocab_size: int = 256, val_fraction: float = 0.0
         corpus = _python_stdlib()
     elif parsed.kind == "text":
         corpus = _split_tail(_read_text(parsed.path), 256, val_fraction)
+    elif parsed.path.is_dir():
+        corpus = _token_splits(*(_map_tokens(parsed.path / name, parsed.token_dtype) for name in TOKEN_SPLITS))
     else:
         corpus = _split_tail(_map_tokens(parsed.path, parsed.token_dtype), None, val_fraction)
     if corpus.vocab_size > vocab_size:
@@ -103,23 +109,23 @@ def check_corpus(
 ) -> None:
     """Raise ``DataError`` if training on ``source`` would fail for its data: it does not exist or cannot be
     read, a split is too short for one sequence, or it holds token ids of ``vocab_size`` or more. Token ids are
-    scanned for ``scan_seconds`` at most (a vectorised pass over the memory map; a trial checks the rest).
-    The message leaves out the path, so that the caller says it as its user wrote it."""
+    scanned for ``scan_seconds`` at most per file (a vectorised pass over the memory map; a trial checks the
+    rest). The message leaves out the path, so that the caller says it as its user wrote it; of a ``tokens:``
+    folder, it names the file (``train.bin`` or ``val.bin``)."""
     if source.kind != "tokens" and vocab_size < 256:
         raise DataError(f"holds bytes up to 255, beyond vocab_size {vocab_size} (byte-level data needs 256)")
+    if source.kind == "tokens" and _is_folder(source.path):
+        for name in TOKEN_SPLITS:
+            _check_token_split(source.path / name, source.token_dtype, vocab_size, seq_len, scan_seconds)
+        return
     if source.kind == "builtin":
         train, val = _python_stdlib_sizes()
     else:
-        path = source.path
-        files = _readable_files(path) if source.kind == "text" else [_readable_file(path)]
-        size = sum(f.stat().st_size for f in files)
-        if size == 0:
-            raise DataError("is empty")
-        itemsize = source.token_dtype.itemsize if source.kind == "tokens" else 1
-        if size % itemsize:
-            raise DataError(f"is not a whole number of {source.token_dtype.name} values")
-        val = int(size // itemsize * val_fraction)
-        train = size // itemsize - val
+        files = _readable_files(source.path) if source.kind == "text" else [_readable_file(source.path)]
+        dtype = source.token_dtype if source.kind == "tokens" else np.dtype(np.uint8)
+        tokens = _count(files, dtype)
+        val = int(tokens * val_fraction)
+        train = tokens - val
     if min(train, val) <= seq_len + 1:
         raise DataError(
             f"is too short: its splits hold {train:,} and {val:,} tokens (val_fraction {val_fraction}), and each "
@@ -127,6 +133,44 @@ def check_corpus(
         )
     if source.kind == "tokens":
         _check_token_ids(np.memmap(source.path, dtype=source.token_dtype, mode="r"), vocab_size, scan_seconds)
+
+
+def _check_token_split(path: Path, dtype: np.dtype, vocab_size: int, seq_len: int, scan_seconds: float) -> None:
+    """``check_corpus`` of one file of a ``tokens:`` folder, its message naming the file."""
+    name = path.name
+    if not _exists(path):
+        raise DataError(f"holds no {name} (a tokens: folder holds nanoGPT's {' and '.join(TOKEN_SPLITS)})")
+    try:
+        tokens = _count([_readable_file(path)], dtype)
+        if tokens <= seq_len + 1:
+            raise DataError(f"holds {tokens:,} tokens, and must hold more than seq_len + 1 = {seq_len + 1}")
+        _check_token_ids(np.memmap(path, dtype=dtype, mode="r"), vocab_size, scan_seconds)
+    except DataError as exc:
+        raise DataError(f"has a {name} that {exc}") from None
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise DataError(f"cannot be read ({exc.strerror})") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise DataError(f"cannot be read ({exc.strerror})") from None
+
+
+def _count(files: list[Path], dtype: np.dtype) -> int:
+    """How many ``dtype`` values ``files`` hold together; raises ``DataError`` for none or a part of one."""
+    size = sum(f.stat().st_size for f in files)
+    if size == 0:
+        raise DataError("is empty")
+    if size % dtype.itemsize:
+        raise DataError(f"is not a whole number of {dtype.name} values")
+    return size // dtype.itemsize
 
 
 def _readable_file(path: Path) -> Path:
@@ -224,6 +268,17 @@ def _split_tail(tokens: np.ndarray, vocab_size: int | None, val_fraction: float)
         val=tokens[-n_val:],
         vocab_size=vocab_size if vocab_size is not None else int(tokens.max()) + 1,
         fingerprint=fingerprint,
+    )
+
+
+def _token_splits(train: np.ndarray, val: np.ndarray) -> Corpus:
+    """A corpus of a ``tokens:`` folder: ``train.bin`` and ``val.bin`` as they are."""
+    identity = b"".join(np.asarray(t[: 1 << 20]).tobytes() + str(len(t)).encode() for t in (train, val))
+    return Corpus(
+        train=train,
+        val=val,
+        vocab_size=max(int(train.max()), int(val.max())) + 1,
+        fingerprint=_fingerprint(identity),
     )
 
 

@@ -1,11 +1,11 @@
 """The training loop: one configuration and one set of per-module multipliers in, one ``TrialResult`` out.
 
-AdamW with per-group settings, linear warm-up then cosine decay to a floor, optional z-loss and gradient
-clipping, bf16 autocast and ``torch.compile`` on CUDA. Divergence (a non-finite loss, or a loss above
-``divergence_factor`` times the first one) ends the run early with status ``diverged``; any other error ends
-it with status ``failed``. Neither raises. A ``report`` callback that answers True (an early-stopping rule
-judged the run hopeless) ends it with status ``stopped``, its curves up to there. On the CPU a run is
-bitwise-reproducible for a seed.
+AdamW with per-group settings, the LR schedule of ``trainer.schedule`` (linear warm-up, then cosine decay to a
+floor), optional z-loss and gradient clipping, bf16 autocast and ``torch.compile`` on CUDA. Divergence (a
+non-finite loss, or a loss above ``divergence_factor`` times the first one) ends the run early with status
+``diverged``; any other error ends it with status ``failed``. Neither raises. A ``report`` callback that
+answers True (an early-stopping rule judged the run hopeless) ends it with status ``stopped``, its curves up to
+there. On the CPU a run is bitwise-reproducible for a seed.
 """
 
 from __future__ import annotations
@@ -53,14 +53,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def lr_factor(step: int, steps: int, warmup: int, floor: float) -> float:
-    """Linear warm-up to 1, then cosine decay to ``floor``; ``step`` counts from 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def run_trial(config: TrainConfig, hps: Multipliers | None = None, report: Report | None = None) -> TrialResult:
@@ -112,7 +104,7 @@ class _Run:
         return sum(self.loss(x, y)[0].item() for x, y in self.eval_set) / len(self.eval_set)
 
     def train(self) -> TrialResult:
-        t, steps = self.t, self.t.steps
+        t, steps, schedule = self.t, self.t.steps, self.t.schedule
         tokens_per_step = t.batch_size * self.cfg.model.seq_len
         log_every = max(1, steps // CURVE_POINTS)
         eval_every = t.eval_interval
@@ -122,7 +114,7 @@ class _Run:
         train_time = 0.0
         for step in range(steps):
             tick = time.perf_counter()
-            factor = lr_factor(step, steps, t.warmup_steps, t.lr_floor)
+            factor = schedule.lr_factor(step)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["peak_lr"] * factor
             x, y = sample_batch(self.corpus.train, t.batch_size, self.cfg.model.seq_len, t.seed, step)

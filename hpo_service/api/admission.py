@@ -17,7 +17,7 @@ from hpo_service.api.spec_limits import SpecLimits
 from hpo_service.engine.entrypoints import EntrypointError, check_allowed, load_trial
 from hpo_service.export import StartError, starting_point
 from hpo_service.spec import SearchSpec
-from trainer.data import DataError, DataSource, check_corpus
+from trainer.data import TOKEN_SPLITS, DataError, DataSource, check_corpus
 
 DATA_LOC = ("body", "training", "data")
 ROOTS_RULE = (
@@ -81,7 +81,7 @@ def with_checked_data(spec: SearchSpec, roots: tuple[Path, ...]) -> SearchSpec:
         _check_data(spec, source, shown=str(source))
         return spec
     root, resolved = _locate(source, roots)
-    if source.kind == "text" and _exists(resolved) and resolved.is_dir():
+    if _exists(resolved) and resolved.is_dir():
         _check_files_within(source, resolved, roots)
     note = "" if source.path.expanduser().is_absolute() else f"; {ROOTS_RULE}"
     _check_data(spec, source.at(resolved), shown=str(source.at(resolved.relative_to(root))), note=note)
@@ -108,8 +108,10 @@ def _locate(source: DataSource, roots: tuple[Path, ...]) -> tuple[Path, Path]:
 
 
 def _check_files_within(source: DataSource, directory: Path, roots: tuple[Path, ...]) -> None:
-    """A ``text:`` directory reads every file under it: none may lead outside the data roots by a symlink."""
-    for file in directory.rglob("*"):
+    """None of the files a directory's source reads (every file under a ``text:`` one, a ``tokens:`` one's
+    train.bin and val.bin) may lead outside the data roots by a symlink."""
+    files = directory.rglob("*") if source.kind == "text" else (directory / name for name in TOKEN_SPLITS)
+    for file in files:
         if file.is_file() and not any(file.resolve().is_relative_to(root) for root in roots):
             raise _data_error(f"{source} holds {file.relative_to(directory)}, which leads outside the data roots")
 
