@@ -2,7 +2,8 @@
 
 from trainer.config import TrainConfig
 from trainer.export import load_export
-from trainer.hparams import BaseHPs, MaterialisedHPs, Multipliers, apply_to_model, materialise
+from trainer.hparams import BaseHPs, MaterialisedHPs, Multipliers, apply_to_model, clip_grad_norm_, materialise
+from trainer.layout import Layout, Rule, preset
 from trainer.model import GPT, MODULE_TYPES, ModelConfig
 from trainer.parameterisation import Parameterisation, Shape
 from trainer.train import TrialResult, run_trial
@@ -12,16 +13,20 @@ __all__ = [
     "GPT",
     "MODULE_TYPES",
     "BaseHPs",
+    "Layout",
     "MaterialisedHPs",
     "ModelConfig",
     "Multipliers",
     "Parameterisation",
+    "Rule",
     "Shape",
     "TrainConfig",
     "TrialResult",
     "apply_export",
     "apply_to_model",
+    "clip_grad_norm_",
     "load_export",
     "materialise",
+    "preset",
     "run_trial",
 ]

@@ -44,6 +44,7 @@ class TunedHPs(Section):
     base_hps: BaseHPs
     seq_len: int = Field(gt=0)
     vocab_size: int = Field(gt=1)
+    head_dim: int | None = Field(None, gt=0, description="None in an export written before it was recorded.")
     multipliers: Multipliers
 
     @field_validator("parameterisation", mode="before")
@@ -68,6 +69,7 @@ class TunedHPs(Section):
             base_hps=config.base_hps,
             seq_len=config.model.seq_len,
             vocab_size=config.model.vocab_size,
+            head_dim=config.model.head_dim,
             multipliers=multipliers,
         )
 
