@@ -215,3 +215,13 @@ def curve(payload: dict, report) -> dict:
                     "eval_curve": points, "reason": f"stopped at step {step}"}  # fmt: skip
     return {"status": "succeeded", "final_val_loss": final, "final_train_loss": final, "steps": steps,
             "train_curve": points, "eval_curve": points}  # fmt: skip
+
+
+def where_it_ran(payload: dict, report) -> dict:
+    """Succeeds at once, telling where it ran: the worker's process, the device in its payload, the GPUs Ray
+    assigned it and the ``CUDA_VISIBLE_DEVICES`` Ray set for it."""
+    import ray
+
+    return {"status": "succeeded", "pid": os.getpid(), "device": payload["device"],
+            "gpu_ids": ray.get_runtime_context().get_accelerator_ids().get("GPU", []),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}  # fmt: skip

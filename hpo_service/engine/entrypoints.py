@@ -2,8 +2,9 @@
 
 Importing code named by a request is running that code, so a server allows it only for the names its own
 configuration lists (``hpo serve --allow-trial PATTERN``, or ``HPO_ALLOWED_TRIALS``, comma-separated shell
-patterns such as ``mylab.trials:*``). A trial function takes the payload (``config``, ``multipliers``) and a
-``report(step, metrics)`` callback and returns a ``trainer.TrialResult``-shaped dict.
+patterns such as ``mylab.trials:*``). A trial function takes the payload (``config``, ``multipliers`` and
+``device``, the torch device of the GPU Ray assigned the trial, or ``cpu``) and a ``report(step, metrics)``
+callback and returns a ``trainer.TrialResult``-shaped dict.
 """
 
 from __future__ import annotations

@@ -3,6 +3,18 @@
 Ray places each task by the resources it asks for (``cpus_per_trial``, ``gpus_per_trial``); locally the
 controller starts its own Ray on loopback (``local_ray``), ``RAY_ADDRESS`` joins a cluster. The executor only
 runs things and reports what happened, as events; deciding what they mean (retry, fail, tell) is the engine's job.
+
+Every trial runs on the device Ray assigned it. A GPU trial gets a worker process of its own (``max_calls=1``),
+which exits when the trial ends: Ray reuses worker processes across tasks and sets ``CUDA_VISIBLE_DEVICES`` anew for
+each, but CUDA reads it once, when a process first uses it, so a reused process would keep its first trial's GPU;
+exiting also hands back everything the trial held on the GPU (CUDA context, torch's cached blocks, compiled
+kernels), with nothing to empty by hand. Ray gives a remote function declared with GPUs this limit by default, but
+the limit is fixed when the function is declared (``options`` cannot set it), and the trials here ask for their GPUs
+through ``options``; so the GPU variant is declared with it. A fresh process costs seconds (importing torch;
+compiling again, partly from Inductor's cache on disk) against a trial's minutes. Each trial's payload also carries
+the torch ``device`` of that assignment (``devices.assigned_device``): ``cpu`` for a trial given no GPU, even on a
+GPU node, where Ray leaves ``CUDA_VISIBLE_DEVICES`` as it is; the built-in trial trains there when its config says
+``device: auto``.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from hpo_service.engine import local_ray
+from hpo_service.engine.devices import VISIBLE_DEVICES, assigned_device
 from hpo_service.engine.entrypoints import TrialFn, load_trial
 
 log = logging.getLogger(__name__)
@@ -78,10 +91,14 @@ class Resources:
 
 
 def train_trial(payload: dict, report: Callable[[int, dict[str, float]], None]) -> dict:
-    """The built-in trial: ``trainer.run_trial`` on the payload's config and multipliers."""
+    """The built-in trial: ``trainer.run_trial`` on the payload's config and multipliers, on the payload's
+    ``device`` (the one Ray assigned) where the config leaves the device to it (``auto``)."""
     from trainer import Multipliers, TrainConfig, run_trial
 
     config = TrainConfig.model_validate(payload["config"])
+    if payload.get("device") and config.training.device == "auto":
+        training = config.training.model_copy(update={"device": payload["device"]})
+        config = config.model_copy(update={"training": training})
     return run_trial(config, Multipliers.from_dict(payload["multipliers"]), report).to_dict()
 
 
@@ -120,7 +137,10 @@ _inboxes: dict[str, Any] = {}  # per worker process: the inbox handles it has lo
 
 
 def _run_on_worker(trial_fn: TrialFn, trial_id: int, payload: dict, inbox_name: str) -> tuple[dict, str, str]:
-    node, worker = ray.get_runtime_context().get_node_id(), f"{socket.gethostname()}:{os.getpid()}"
+    context = ray.get_runtime_context()
+    node, worker = context.get_node_id(), f"{socket.gethostname()}:{os.getpid()}"
+    gpu_ids = context.get_accelerator_ids().get("GPU", [])
+    payload = {**payload, "device": assigned_device(gpu_ids, os.environ.get(VISIBLE_DEVICES))}
     _send(inbox_name, ("started", trial_id, node, worker))
     buffered: list[tuple[int, dict[str, float]]] = []
     last_sent = time.monotonic()
@@ -154,6 +174,7 @@ def _send(inbox_name: str, message: tuple, answer: bool = False) -> bool:
 
 
 _remote_trial = ray.remote(max_retries=0)(_run_on_worker)
+_remote_gpu_trial = ray.remote(max_retries=0, max_calls=1)(_run_on_worker)  # a process per GPU trial
 
 
 @dataclass
@@ -186,7 +207,8 @@ class RayExecutor:
     def submit(self, trial_id: int, payload: dict, resources: Resources) -> None:
         key = (resources.cpus, resources.gpus)
         if key not in self._tasks:
-            self._tasks[key] = _remote_trial.options(num_cpus=resources.cpus, num_gpus=resources.gpus)
+            remote = _remote_gpu_trial if resources.gpus > 0 else _remote_trial
+            self._tasks[key] = remote.options(num_cpus=resources.cpus, num_gpus=resources.gpus)
         ref = self._tasks[key].remote(self.trial_fn, trial_id, payload, self.inbox_name)
         self.in_flight[trial_id] = _InFlight(ref, resources)
 
