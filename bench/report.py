@@ -727,12 +727,26 @@ def per_module_setup() -> str:
     )
 
 
-@part("per_module.all_axes", "per_module.json")
-def per_module_all_axes() -> str:
-    """The staged unit's speed-up over the equal-budget global HPs after the all-axes transfer."""
-    row = next(v for k, v in per_module_results()["comparisons"]["staged"].items() if label_key(k) == "all")
+def all_axes_speedup(unit: str) -> str:
+    """A unit's speed-up over the equal-budget global HPs after the all-axes transfer, with its seeds'."""
+    row = next(v for k, v in per_module_results()["comparisons"][unit].items() if label_key(k) == "all")
     seeds = ", ".join(num(x) for x in row["speedup_seeds"])
     return f"{num(row['speedup'])}× ± {num(row['speedup_sd'])} (seeds {seeds})"
+
+
+@part("per_module.all_axes", "per_module.json")
+def per_module_all_axes() -> str:
+    return all_axes_speedup("staged")
+
+
+@part("per_module.all_axes_lr", "per_module.json")
+def per_module_all_axes_lr() -> str:
+    return all_axes_speedup("staged-lr")
+
+
+@part("per_module.all_axes_no_selection", "per_module.json")
+def per_module_all_axes_no_selection() -> str:
+    return all_axes_speedup("staged-no-selection")
 
 
 @part("per_module.gaps", "per_module.json")
