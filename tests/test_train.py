@@ -2,14 +2,16 @@
 
 import itertools
 import math
+import time
 
 import pytest
 import torch
 
 from trainer import GPT, Multipliers, TrainConfig, run_trial
 from trainer.export import Recipe, TunedHPs, export_document, load_export
+from trainer.model import ModelConfig
 from trainer.schedule import Schedule
-from trainer.train import _Run
+from trainer.train import THROUGHPUT_WARMUP_STEPS, _Run, objective
 from trainer.transfer import apply_export
 
 
@@ -28,6 +30,7 @@ def test_same_seed_gives_bitwise_identical_losses_on_cpu():
     assert a.train_curve == b.train_curve and a.eval_curve == b.eval_curve
     assert a.final_val_loss == b.final_val_loss
     assert run_trial(tiny(seed=4)).train_curve != a.train_curve
+    assert torch.get_float32_matmul_precision() == "highest"  # TF32 is for CUDA runs only
 
 
 def test_a_successful_run_reports_its_curves_and_throughput():
@@ -40,6 +43,42 @@ def test_a_successful_run_reports_its_curves_and_throughput():
     assert result.tokens_per_s > 0 and result.wall_time_s > 0
     assert [step for step, _ in reports] == list(range(1, 21))
     assert reports[-1][1]["val_loss"] == result.final_val_loss
+
+
+def test_throughput_leaves_out_the_warm_up_steps():
+    """A slow first step (as compiling makes it) is not in tokens/s; a slow step after the warm-up is. A run no
+    longer than the warm-up is timed over all its steps."""
+
+    def tokens_per_s(slow_step: int, steps: int = 20) -> float:
+        run = _Run(tiny(steps=steps, warmup_steps=0), Multipliers(), None)
+        counter = itertools.count(1)
+        run.optimizer.register_step_pre_hook(lambda *_: time.sleep(1.5) if next(counter) == slow_step else None)
+        return run.train().tokens_per_s
+
+    tokens = 20 * 8 * 32  # tiny() logs (a host sync) every step: its first THROUGHPUT_WARMUP_STEPS are left out
+    assert tokens_per_s(slow_step=1) > tokens / 1.5  # faster than any rate counting the sleep could be
+    assert tokens_per_s(slow_step=THROUGHPUT_WARMUP_STEPS + 1) < tokens / 1.5
+    assert 0 < tokens_per_s(slow_step=1, steps=THROUGHPUT_WARMUP_STEPS) < THROUGHPUT_WARMUP_STEPS * 8 * 32 / 1.5
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")  # CPU rms_norm under bf16 autocast
+def test_the_objective_compiles_to_one_graph_giving_the_eager_loss_and_gradients(bf16):
+    """Logits, cross-entropy and z-loss trace as one graph (no break to leave the loss eager), with autocast
+    inside; AOTAutograd's trace (Inductor's C++ build is too slow for a test on the CPU) agrees with eager."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(width=32, depth=1, head_dim=16, seq_len=16))
+    x, y = torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16))
+    torch._dynamo.reset()
+    compiled = torch.compile(objective, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (objective, compiled):
+        ce, total = fn(model, x, y, 1e-2, bf16)
+        results.append((ce, total, torch.autograd.grad(total, list(model.parameters()))))
+    (ce, total, grads), (ce_c, total_c, grads_c) = results
+    assert total > ce and total.dtype == torch.float32
+    torch.testing.assert_close((ce_c, total_c), (ce, total))
+    torch.testing.assert_close(grads_c, grads)
 
 
 def test_an_absurd_learning_rate_diverges_within_a_few_steps_without_raising():

@@ -1,11 +1,12 @@
 """The training loop: one configuration and one set of per-module multipliers in, one ``TrialResult`` out.
 
 AdamW with per-group settings, the LR schedule of ``trainer.schedule`` (linear warm-up, then cosine decay to a
-floor), optional z-loss and gradient clipping, bf16 autocast and ``torch.compile`` on CUDA. Divergence (a
-non-finite loss, or a loss above ``divergence_factor`` times the first one) ends the run early with status
-``diverged``; any other error ends it with status ``failed``. Neither raises. A ``report`` callback that
-answers True (an early-stopping rule judged the run hopeless) ends it with status ``stopped``, its curves up to
-there. On the CPU a run is bitwise-reproducible for a seed.
+floor), optional z-loss and gradient clipping. On CUDA: bf16 autocast, ``torch.compile`` of the model together
+with its loss (``objective``), TF32 for float32 matmuls, and batches copied from pinned host memory without
+blocking the host. Divergence (a non-finite loss, or a loss above ``divergence_factor`` times the first one)
+ends the run early with status ``diverged``; any other error ends it with status ``failed``. Neither raises. A
+``report`` callback that answers True (an early-stopping rule judged the run hopeless) ends it with status
+``stopped``, its curves up to there. On the CPU a run is bitwise-reproducible for a seed.
 """
 
 from __future__ import annotations
@@ -28,10 +29,17 @@ from trainer.model import GPT
 Status = Literal["succeeded", "diverged", "stopped", "failed"]
 Report = Callable[[int, dict[str, float]], bool | None]  # True: stop the run here
 CURVE_POINTS = 200  # at most about this many train-loss points per run
+THROUGHPUT_WARMUP_STEPS = 3  # steps (with compiling) left out of ``TrialResult.tokens_per_s``; see there
 
 
 @dataclass
 class TrialResult:
+    """What a run did. ``tokens_per_s`` is the training throughput after warm-up: the tokens of the steps after
+    the first log point (a host sync) at or after step ``THROUGHPUT_WARMUP_STEPS``, over the time those steps
+    took, evaluations and ``report`` calls not counted. Compiling (the first step, and on CUDA the first few
+    steps' allocations) is thereby left out. A run that ended at or before that log point is timed over all its
+    steps instead. ``wall_time_s`` is the whole run, loading and evaluations included."""
+
     status: Status
     final_val_loss: float | None = None
     final_train_loss: float | None = None
@@ -53,6 +61,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def objective(
+    model: GPT, x: torch.Tensor, y: torch.Tensor, z_loss: float, bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of ``model`` on inputs ``x`` against targets ``y``, and the objective to differentiate
+    (cross-entropy plus ``z_loss`` times the mean squared log-partition). The model runs under bf16 autocast when
+    ``bf16``, the loss in float32. One function, so that ``torch.compile`` fuses the logits' cast with the loss
+    and its backward instead of writing float32 logits (batch × seq × vocab) out; the backward runs outside
+    autocast, as compiled here and as AMP recommends."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        logits = model(x)
+    logits = logits.float().view(-1, logits.size(-1))
+    ce = F.cross_entropy(logits, y.view(-1))
+    if z_loss:
+        return ce, ce + z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean()
+    return ce, ce
 
 
 def run_trial(config: TrainConfig, hps: Multipliers | None = None, report: Report | None = None) -> TrialResult:
@@ -80,24 +105,25 @@ class _Run:
             self.model, config.materialise(hps)
         )  # initialised on the CPU: the same weights everywhere
         self.model.to(self.device)
-        cuda = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(groups, fused=cuda)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:  # process-wide; under bf16 autocast only float32 matmuls outside it are affected
+            torch.set_float32_matmul_precision("high")
+        self.optimizer = torch.optim.AdamW(groups, fused=self.cuda)
         for group in self.optimizer.param_groups:
             group["peak_lr"] = group["lr"]
-        use_compile = self.t.compile == "on" or (self.t.compile == "auto" and cuda)
-        self.forward = torch.compile(self.model) if use_compile else self.model
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        use_compile = self.t.compile == "on" or (self.t.compile == "auto" and self.cuda)
+        self.objective = torch.compile(objective) if use_compile else objective
         self.eval_set = eval_batches(self.corpus, self.t.batch_size, config.model.seq_len, self.t.eval_batches)
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A host batch on the run's device; on CUDA through pinned memory, so the copy does not block the host."""
+        if self.cuda:
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy, and the objective (cross-entropy plus z-loss) to differentiate."""
-        with self.autocast:
-            logits = self.forward(x.to(self.device, non_blocking=True)).float()
-        logits = logits.view(-1, logits.size(-1))
-        ce = F.cross_entropy(logits, y.to(self.device, non_blocking=True).view(-1))
-        if self.t.z_loss:
-            return ce, ce + self.t.z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean()
-        return ce, ce
+        return self.objective(self.model, self.to_device(x), self.to_device(y), self.t.z_loss, self.cuda)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -111,7 +137,8 @@ class _Run:
         result = TrialResult(status="succeeded", device=str(self.device), corpus=self.corpus.fingerprint)
         pending: list[torch.Tensor] = []
         first_loss: float | None = None
-        train_time = 0.0
+        train_time = 0.0  # seconds in training steps (not evaluations or reports), from the first step
+        warm: tuple[int, float] | None = None  # (steps, train_time) at the end of the warm-up
         for step in range(steps):
             tick = time.perf_counter()
             factor = schedule.lr_factor(step)
@@ -134,6 +161,8 @@ class _Run:
             train_time += time.perf_counter() - tick
             if not log_point:
                 continue
+            if warm is None and done >= THROUGHPUT_WARMUP_STEPS:
+                warm = (done, train_time)
             first_loss = train_loss if first_loss is None else first_loss
             result.train_curve.append((done, train_loss))
             result.final_train_loss = train_loss
@@ -155,7 +184,10 @@ class _Run:
             if self.report(done, metrics) and done < steps:
                 result.status, result.reason = "stopped", f"stopped by the early-stopping rule at step {done}"
                 break
-        result.tokens_per_s = result.tokens / train_time if train_time > 0 else 0.0
+        timed_steps, timed_time = result.steps, train_time
+        if warm is not None and warm[0] < result.steps:
+            timed_steps, timed_time = result.steps - warm[0], train_time - warm[1]
+        result.tokens_per_s = timed_steps * tokens_per_step / timed_time if timed_time > 0 else 0.0
         if result.status not in ("succeeded", "stopped"):  # a stopped run keeps its last validation loss
             result.final_val_loss = None
         return result

@@ -128,7 +128,10 @@ class TrialOut(BaseModel):
         "ended (its last step, or where it diverged or was stopped) once ended.",
     )
     tokens: int | None
-    tokens_per_s: float | None
+    tokens_per_s: float | None = Field(
+        description="Training throughput after warm-up: the tokens of the steps after the first few (compiling) "
+        "over the time those steps took, evaluations not counted."
+    )
     wall_time_s: float | None
     node: str | None
     worker: str | None
