@@ -18,6 +18,7 @@ import math
 import re
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
@@ -817,13 +818,17 @@ def search_cost_table(part: str) -> str:
     summary = results("search_cost.json")[part]["summary"]
     rows = []
     for variant, label in SEARCH_COST_VARIANTS.items():
+        if variant not in summary:  # a part still running
+            continue
         entry = summary[variant]
         versus = entry.get("vs_full")
         tokens, wall, best = f"{num(entry['tokens']['mean'] / 1e6, 1)}M", "", loss_cell(entry["final_best"])
         if versus:
             tokens += f", {cost_ratio(versus['tokens_ratio'])} fewer"
             wall = f"{cost_ratio(versus['wall_ratio'])} less"
-            best += f" ({num(versus['final_best_diff'], 3)} ± {num(versus['final_best_diff_se'], 3)})"
+            se = versus["final_best_diff_se"]
+            spread = f" ± {num(se, 3)}" if se is not None else ", one seed"
+            best += f" ({num(versus['final_best_diff'], 3)}{spread})"
         rows.append(
             [
                 f"{label} (`{variant}`)",
@@ -841,6 +846,21 @@ def search_cost_table(part: str) -> str:
 @part("search_cost.synthetic", "search_cost.json")
 def search_cost_synthetic() -> str:
     return search_cost_table("synthetic")
+
+
+@part("search_cost.real", "search_cost.json")
+def search_cost_real() -> str:
+    return search_cost_table("real")
+
+
+@part("search_cost.real_units", "search_cost.json")
+def search_cost_real_units() -> str:
+    """How much of the real part has run: seeds per variant, and their wall-clock."""
+    real = results("search_cost.json")["real"]
+    per_variant = Counter(unit["variant"] for unit in real["units"].values())
+    hours = sum(unit["total_wall_s"] for unit in real["units"].values()) / 3600
+    done = ", ".join(f"`{variant}` {per_variant[variant]}" for variant in SEARCH_COST_VARIANTS)
+    return f"seeds run, of {len(real['settings']['seeds'])} per variant: {done} ({num(hours, 1)} hours of searches)"
 
 
 @part("search_cost.synthetic_setup", "search_cost.json")
