@@ -2,12 +2,12 @@
 
 import itertools
 import math
-import time
 
 import pytest
 import torch
 
 from trainer import GPT, Multipliers, TrainConfig, run_trial
+from trainer import train as train_module
 from trainer.export import Recipe, TunedHPs, export_document, load_export
 from trainer.model import ModelConfig
 from trainer.schedule import Schedule
@@ -45,20 +45,39 @@ def test_a_successful_run_reports_its_curves_and_throughput():
     assert reports[-1][1]["val_loss"] == result.final_val_loss
 
 
-def test_throughput_leaves_out_the_warm_up_steps():
+class SteppedClock:
+    """A ``perf_counter`` for the training loop whose every reading is a millisecond after the last, and which a
+    slow step moves on by a minute: the rates it yields depend on the loop's arithmetic, not on the machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1e-3
+        return self.now
+
+
+def test_throughput_leaves_out_the_warm_up_steps(monkeypatch):
     """A slow first step (as compiling makes it) is not in tokens/s; a slow step after the warm-up is. A run no
     longer than the warm-up is timed over all its steps."""
 
     def tokens_per_s(slow_step: int, steps: int = 20) -> float:
+        clock = SteppedClock()
+        monkeypatch.setattr(train_module, "time", clock)
         run = _Run(tiny(steps=steps, warmup_steps=0), Multipliers(), None)
         counter = itertools.count(1)
-        run.optimizer.register_step_pre_hook(lambda *_: time.sleep(1.5) if next(counter) == slow_step else None)
+
+        def slow(*_) -> None:
+            if next(counter) == slow_step:
+                clock.now += 60.0
+
+        run.optimizer.register_step_pre_hook(slow)
         return run.train().tokens_per_s
 
     tokens = 20 * 8 * 32  # tiny() logs (a host sync) every step: its first THROUGHPUT_WARMUP_STEPS are left out
-    assert tokens_per_s(slow_step=1) > tokens / 1.5  # faster than any rate counting the sleep could be
-    assert tokens_per_s(slow_step=THROUGHPUT_WARMUP_STEPS + 1) < tokens / 1.5
-    assert 0 < tokens_per_s(slow_step=1, steps=THROUGHPUT_WARMUP_STEPS) < THROUGHPUT_WARMUP_STEPS * 8 * 32 / 1.5
+    assert tokens_per_s(slow_step=1) > tokens / 1.0  # the timed steps took milliseconds: the minute is not in it
+    assert tokens_per_s(slow_step=THROUGHPUT_WARMUP_STEPS + 1) < tokens / 60.0
+    assert 0 < tokens_per_s(slow_step=1, steps=THROUGHPUT_WARMUP_STEPS) < THROUGHPUT_WARMUP_STEPS * 8 * 32 / 60.0
 
 
 @pytest.mark.parametrize("bf16", [False, True])
