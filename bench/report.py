@@ -863,6 +863,20 @@ def search_cost_real_units() -> str:
     return f"seeds run, of {len(real['settings']['seeds'])} per variant: {done} ({num(hours, 1)} hours of searches)"
 
 
+@part("search_cost.real_paired", "search_cost.json")
+def search_cost_real_paired() -> str:
+    """Seed by seed, each variant's final best minus ``full``'s (positive: the variant's is worse)."""
+    units = results("search_cost.json")["real"]["units"]
+    full = {u["seed"]: u["final_best"] for u in units.values() if u["variant"] == "full"}
+    parts = []
+    for variant in SEARCH_COST_VARIANTS:
+        ran = [u for u in units.values() if u["variant"] == variant]
+        diffs = sorted((u["seed"], u["final_best"] - full[u["seed"]]) for u in ran)
+        if variant != "full" and diffs:
+            parts.append(f"`{variant}` " + ", ".join(f"{d:+.3f}".replace("-", "−") for _, d in diffs))
+    return "; ".join(parts)
+
+
 @part("search_cost.synthetic_setup", "search_cost.json")
 def search_cost_synthetic_setup() -> str:
     s = results("search_cost.json")["synthetic"]["settings"]
