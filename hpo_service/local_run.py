@@ -33,7 +33,8 @@ def run_locally(spec: dict, db: str | None, port: int) -> int:
         print(f"export for a 4x wider, 2x deeper model: hpo export {search_id} --server {url} -o best.json "
               f"--width {wider} --depth {deeper}", flush=True)  # fmt: skip
         print("the controller keeps serving (dashboard and export) until Ctrl-C", flush=True)
-        thread.join()
+        while thread.is_alive():  # in short waits: a Ctrl-C that another thread received is acted on within one
+            thread.join(timeout=0.5)
         return code
     except KeyboardInterrupt:
         print("\nstopping the controller", flush=True)
